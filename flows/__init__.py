@@ -1,0 +1,1 @@
+"""Prefect flows: they only wire the stages of `monitor` together."""

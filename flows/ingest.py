@@ -1,0 +1,288 @@
+"""The ingest flow: discover → skip known → fetch → extract → tag → detect → store → alert → dashboard.
+
+Only wiring lives here. Work moves in batches (one task run per batch of up to `fetch.batch_size`
+articles, never one per article); every article's outcome is data in the `articles` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from monitor import alerts, novelty, sources
+from monitor.config import Settings, SourceConfig, load_settings
+from monitor.dashboard import render_dashboard
+from monitor.extract import ExtractInput, build_article, extract_batch, extraction_pool
+from monitor.fetch import FetchRequest, Fetcher
+from monitor.models import Article, Link, RunStats, SourceDocResult
+from monitor.store import Store, open_store
+from monitor.topics import TopicSet, explain_text
+
+T = TypeVar("T")
+Progress = Callable[[str, int, int], None]
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
+
+
+# ---- discovery ----------------------------------------------------------------------------------
+
+
+async def _discover_source(fetcher: Fetcher, src: SourceConfig, etag: str | None,
+                           last_modified: str | None) -> SourceDocResult:
+    if src.kind == "article":
+        return SourceDocResult(source_id=src.id, links=[Link(url=src.url, source_id=src.id, via="article")])
+    total = SourceDocResult(source_id=src.id)
+    queue, seen, first = [src.url], set(), True
+    while queue and len(seen) < 50:
+        url = queue.pop(0)
+        if url in seen:
+            continue
+        seen.add(url)
+        res = await fetcher.fetch(FetchRequest(url, purpose="source", etag=etag if first else None,
+                                               last_modified=last_modified if first else None,
+                                               ignore_robots=src.ignore_robots))
+        if first:
+            total.latency_ms, total.status_code = res.elapsed_ms, res.status_code
+            total.etag = res.headers.get("etag")
+            total.last_modified = res.headers.get("last-modified")
+        if res.not_modified:
+            total.not_modified = first
+            first = False
+            continue
+        first = False
+        if res.error or res.content is None:
+            total.error = total.error or f"{url}: {res.error}"
+            continue
+        parsed = sources.parse_source_document(src, res.content, res.final_url, res.content_type)
+        total.links.extend(parsed.links)
+        total.warnings.extend(parsed.warnings)
+        if parsed.error:
+            total.error = total.error or f"{url}: {parsed.error}"
+        queue.extend(parsed.follow)
+    total.links = sources.dedupe_links(total.links)
+    return total
+
+
+@task(name="discover", cache_policy=NONE)
+def discover(settings: Settings, states: dict[str, Any], now: datetime) -> list[SourceDocResult]:
+    """Read every due source document (one task for all sources: it is all IO wait)."""
+
+    async def run() -> list[SourceDocResult]:
+        async with Fetcher(settings.monitor.fetch) as fetcher:
+            jobs = []
+            for src in settings.sources:
+                st = states.get(src.id)
+                if not src.enabled:
+                    continue
+                if st and st.next_poll_after and st.next_poll_after > now:
+                    jobs.append(_skipped(src.id, f"backing off until {st.next_poll_after:%Y-%m-%d %H:%M}"))
+                    continue
+                jobs.append(_discover_source(fetcher, src, st.etag if st else None,
+                                             st.last_modified if st else None))
+            return list(await asyncio.gather(*jobs))
+
+    return asyncio.run(run())
+
+
+async def _skipped(source_id: str, why: str) -> SourceDocResult:
+    return SourceDocResult(source_id=source_id, error=None, warnings=[f"skipped: {why}"], not_modified=True)
+
+
+# ---- per batch ----------------------------------------------------------------------------------
+
+
+@task(name="fetch-batch", cache_policy=NONE)
+def fetch_batch(settings: Settings, links: Sequence[Link]) -> list[Any]:
+    by_source = {s.id: s for s in settings.sources}
+
+    async def run() -> list[Any]:
+        async with Fetcher(settings.monitor.fetch) as fetcher:
+            reqs = [FetchRequest(ln.url, ignore_robots=by_source[ln.source_id].ignore_robots
+                                 if ln.source_id in by_source else False) for ln in links]
+            return await fetcher.fetch_many(reqs)
+
+    return asyncio.run(run())
+
+
+@task(name="extract-batch", cache_policy=NONE)
+def extract_and_tag(settings: Settings, topics: TopicSet, links: Sequence[Link], fetched: Sequence[Any],
+                    pool: Any) -> tuple[list[Article], list[Any]]:
+    """Extract (in worker processes) and tag one batch; returns articles and topic matches."""
+    inputs, idx = [], []
+    for i, (ln, res) in enumerate(zip(links, fetched, strict=True)):
+        if res.ok:
+            inputs.append(ExtractInput(ln.url, res.content, res.content_type, ln.title, ln.summary,
+                                       ln.published))
+            idx.append(i)
+    outs = extract_batch(inputs, min_words=settings.monitor.extract.min_words,
+                         timeout_s=settings.monitor.extract.timeout_s, pool=pool)
+    by_i = dict(zip(idx, outs, strict=True))
+    keep_html = settings.monitor.storage.store_html
+    articles = [build_article(ln, res, by_i.get(i), keep_html=keep_html)
+                for i, (ln, res) in enumerate(zip(links, fetched, strict=True))]
+    matches = topics.tag_many((a.id, a.title, a.text, a.lang) for a in articles if a.status in ("ok",))
+    return articles, matches
+
+
+@task(name="detect-and-store", cache_policy=NONE)
+def detect_and_store(settings: Settings, store: Store, run_id: str, articles: list[Article],
+                     matches: list[Any], topic_names: dict[str, str]) -> dict[str, int]:
+    """Novelty against the stored window, then one transaction writes the batch and its outbox rows."""
+    cfg = settings.monitor.novelty
+    topics_of: dict[str, list[str]] = {}
+    for m in sorted(matches, key=lambda m: (-m.score, m.topic)):
+        topics_of.setdefault(m.article_id, []).append(m.topic)
+    hashes = store.find_content_hashes(a.content_hash for a in articles if a.content_hash)
+    for a in articles:  # exact copies of anything ever stored, outside the window too
+        if a.status == "ok" and a.content_hash in hashes and hashes[a.content_hash] != a.id:
+            a.status, a.duplicate_of = "duplicate", hashes[a.content_hash]
+            a.status_reason = f"same text as {a.duplicate_of}"
+            a.story_id = store.scalar("SELECT story_id FROM articles WHERE id = ?", [a.duplicate_of])
+    times = [novelty.event_time(a) for a in articles if a.status == "ok" and a.text]
+    since = (min(times) if times else datetime.now(UTC)) - timedelta(hours=cfg.window_hours)
+    items = [novelty.NoveltyItem(a, topics_of.get(a.id, [])) for a in articles]
+    outlets = {s.id: s.outlet_id for s in settings.sources}
+    result = novelty.detect(items, store.window_entries(since), store.window_stories(since), cfg, outlets)
+    contexts = [_alert_context(store, d, articles, topic_names) for d in result.developments]
+    with store.transaction():
+        stored = store.write_articles(articles, run_id, settings.monitor.storage.store_html)
+        store.write_topic_matches([m for m in matches
+                                   if any(a.id == m.article_id and a.status == "ok" for a in articles)])
+        store.write_signatures(result.signatures)
+        store.upsert_stories(result.stories)
+        devs = store.write_developments(result.developments, run_id)
+        queued = store.enqueue_alerts(alerts.outbox_rows(settings.monitor.alerts.channels, contexts))
+    return {"stored": stored, "developments": devs, "queued": queued,
+            "tagged": len({m.article_id for m in matches})}
+
+
+def _alert_context(store: Store, d: Any, batch: list[Article], topic_names: dict[str, str]) -> Any:
+    art = next(a for a in batch if a.id == d.article_id)
+    rows = store.con.execute(
+        "SELECT count(*), list(DISTINCT lang ORDER BY lang) FROM articles WHERE story_id = ?", [d.story_id]
+    ).fetchone()
+    batch_same = [a for a in batch if a.story_id == d.story_id and a.id != d.article_id
+                  and novelty.event_time(a) <= novelty.event_time(art)]
+    langs = sorted({*(rows[1] or [] if rows else []), *(a.lang for a in batch_same if a.lang)})
+    outlet = store.scalar("SELECT coalesce(name, id) FROM sources WHERE id = ?", [art.source_id])
+    return alerts.AlertContext(development=d, topic_name=topic_names.get(d.topic, d.topic),
+                               outlet=outlet or art.source_id, published=art.published,
+                               earlier_reports=(rows[0] if rows else 0) + len(batch_same),
+                               languages=langs, explanation="")
+
+
+@task(name="deliver-alerts", cache_policy=NONE)
+def deliver(settings: Settings, store: Store) -> alerts.DeliveryReport:
+    return alerts.deliver_pending(store, settings.monitor.alerts)
+
+
+@task(name="render-dashboard", cache_policy=NONE)
+def dashboard(settings: Settings, store: Store) -> str:
+    return str(render_dashboard(store.con, settings.resolve(settings.monitor.dashboard.path)))
+
+
+# ---- the flow -----------------------------------------------------------------------------------
+
+
+def _record_polls(store: Store, docs: list[SourceDocResult], stats: RunStats, now: datetime,
+                  interval_min: int) -> None:
+    for d in docs:
+        s = stats.source(d.source_id)
+        s.links, s.warnings = len(d.links), len(d.warnings)
+        if any(w.startswith("skipped:") for w in d.warnings):
+            s.skipped = d.warnings[0]
+            continue
+        s.error = d.error
+        ok = d.error is None or bool(d.links)
+        failures = 0 if ok else (store.scalar("SELECT consecutive_failures FROM sources WHERE id = ?",
+                                              [d.source_id]) or 0) + 1
+        backoff = None if ok or failures < 2 else now + timedelta(
+            minutes=min(interval_min * 2 ** (failures - 1), 24 * 60))
+        store.record_source_poll(d.source_id, ok=ok, error=d.error, latency_ms=d.latency_ms,
+                                 not_modified=d.not_modified, etag=d.etag, last_modified=d.last_modified,
+                                 new_articles=0, next_poll_after=backoff, at=now)
+
+
+@flow(name="ingest", log_prints=False)
+def ingest(config_dir: str, progress: Progress | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """One monitoring cycle over every source of a config folder."""
+    started = time.monotonic()
+    progress = progress or _noop
+    settings = load_settings(config_dir)
+    topics = TopicSet.compile(settings.topics)
+    topic_names = {t.id: t.name for t in settings.topics}
+    stats = RunStats(run_id=run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6])
+    stats.database = str(settings.db_path)
+    now = datetime.now(UTC)
+    with open_store(settings.db_path) as store:
+        store.start_run(stats.run_id)
+        store.sync_sources([(s.id, s.url, s.kind, s.name) for s in settings.sources])
+        progress("discover", 0, len(settings.sources))
+        docs = discover(settings, store.source_states(), now)
+        _record_polls(store, docs, stats, now, settings.monitor.schedule.interval_minutes or 30)
+        progress("discover", len(settings.sources), len(settings.sources))
+        links = sources.dedupe_links(ln for d in docs for ln in d.links)
+        known = store.known_article_ids(ln.article_id for ln in links)
+        per_source = settings.monitor.fetch.max_links_per_source
+        new_links: list[Link] = []
+        for sid in sorted({ln.source_id for ln in links}):
+            fresh = [ln for ln in links if ln.source_id == sid and ln.article_id not in known]
+            new_links.extend(fresh[:per_source])
+            stats.source(sid).new = len(fresh)
+        done = 0
+        progress("articles", 0, len(new_links))
+        with extraction_pool(settings.monitor.extract.workers if new_links else 0) as pool:
+            for batch in _chunks(new_links, settings.monitor.fetch.batch_size):
+                fetched = fetch_batch(settings, batch)
+                arts, matches = extract_and_tag(settings, topics, batch, fetched, pool)
+                counts = detect_and_store(settings, store, stats.run_id, arts, matches, topic_names)
+                _count_batch(stats, arts, fetched, counts)
+                done += len(batch)
+                progress("articles", done, len(new_links))
+        for sid, s in stats.sources.items():
+            if s.stored:
+                store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])
+        report = deliver(settings, store)
+        stats.alerts_sent, stats.alerts_pending, stats.alerts_failed = (report.sent, report.pending,
+                                                                        report.failed)
+        stats.dashboard = dashboard(settings, store)
+        stats.seconds = round(time.monotonic() - started, 2)
+        store.finish_run(stats.run_id, "ok", stats.as_dict())
+    return stats.as_dict()
+
+
+def _count_batch(stats: RunStats, arts: list[Article], fetched: list[Any], counts: dict[str, int]) -> None:
+    for a, f in zip(arts, fetched, strict=True):
+        s = stats.source(a.source_id)
+        s.fetched += 1 if f.ok else 0
+        s.failed += 1 if a.status == "failed" else 0
+        s.stored += 1
+        stats.statuses[a.status] = stats.statuses.get(a.status, 0) + 1
+    stats.tagged += counts["tagged"]
+    stats.developments += counts["developments"]
+    stats.alerts_queued += counts["queued"]
+
+
+def run_once(config_dir: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Run one cycle (used by `monitor run` and the demo)."""
+    return ingest(config_dir, progress=progress)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(run_once(sys.argv[1] if len(sys.argv) > 1 else "config"))

@@ -1,0 +1,324 @@
+"""Extraction: raw page bytes in, article fields out. Never fetches.
+
+trafilatura runs on the response *bytes* (it detects the encoding itself), comments excluded, with
+metadata. When it returns little, the page's own JSON-LD `articleBody`, then `og:description`, then
+the feed entry's summary are tried, and `extractor` records which path produced the text. The
+language comes from py3langid on the text (the page's `lang` attribute is a hint only). Work runs
+in worker processes with a per-document time limit; caches are reset between batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import signal
+import unicodedata
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import multiprocessing
+
+import zstandard
+
+from monitor.models import ArticleStatus
+
+HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "")
+EARLIEST_DATE = datetime(1995, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class ExtractInput:
+    url: str
+    content: bytes
+    content_type: str | None = None
+    feed_title: str | None = None
+    feed_summary: str | None = None
+    feed_published: datetime | None = None
+
+
+@dataclass(slots=True)
+class ExtractOutput:
+    url: str
+    status: ArticleStatus
+    status_reason: str | None = None
+    title: str | None = None
+    author: str | None = None
+    published: datetime | None = None
+    sitename: str | None = None
+    description: str | None = None
+    text: str | None = None
+    lang: str | None = None
+    lang_confidence: float | None = None
+    extractor: str | None = None
+    canonical_url: str | None = None
+    content_hash: str | None = None
+    categories: list[str] = field(default_factory=list)
+    image: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class ExtractionTimeout(Exception):
+    pass
+
+
+_identifier: Any = None
+
+
+def detect_language(text: str, hint: str | None = None) -> tuple[str | None, float | None]:
+    """py3langid on the text; the page's lang attribute decides only when the text is too short."""
+    global _identifier
+    sample = text[:4000]
+    if len(sample.strip()) < 20:
+        return (hint.split("-")[0].lower() if hint else None), None
+    if _identifier is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        _identifier = LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
+    lang, prob = _identifier.classify(sample)
+    return str(lang), round(float(prob), 4)
+
+
+_WS = re.compile(r"\s+")
+
+
+def normalise_for_hash(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _WS.sub(" ", text).strip()
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha1(normalise_for_hash(text).encode("utf-8")).hexdigest()
+
+
+_JSONLD_RE = re.compile(rb"<script[^>]+application/ld\+json[^>]*>(.*?)</script>", re.I | re.S)
+_META_RE = re.compile(rb"<meta\s[^>]*>", re.I)
+_ATTR_RE = re.compile(rb"""([a-zA-Z:_-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_LANG_RE = re.compile(rb"<html[^>]*\slang\s*=\s*[\"']?([a-zA-Z-]{2,10})", re.I)
+
+
+def _jsonld_body(raw: bytes) -> str | None:
+    for block in _JSONLD_RE.findall(raw[:3_000_000]):
+        try:
+            data = json.loads(block.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        stack: list[Any] = [data]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list):
+                stack.extend(node)
+            elif isinstance(node, dict):
+                body = node.get("articleBody")
+                if isinstance(body, str) and body.strip():
+                    return body.strip()
+                stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+    return None
+
+
+def _meta_content(raw: bytes, key: str) -> str | None:
+    for tag in _META_RE.findall(raw[:500_000]):
+        attrs = {m.group(1).lower(): (m.group(2) or m.group(3) or b"") for m in _ATTR_RE.finditer(tag)}
+        name = attrs.get(b"property") or attrs.get(b"name") or b""
+        if name.decode("ascii", "replace").lower() == key:
+            value = attrs.get(b"content", b"").decode("utf-8", "replace").strip()
+            return value or None
+    return None
+
+
+def _looks_binary(content: bytes) -> bool:
+    head = content[:2048]
+    return b"\x00" in head or head.startswith((b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"PK\x03\x04"))
+
+
+def _parse_date(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def plausible_date(dt: datetime | None, now: datetime) -> tuple[datetime | None, str | None]:
+    """Reject dates before 1995 or more than a day in the future, saying why."""
+    if dt is None:
+        return None, None
+    if dt < EARLIEST_DATE:
+        return None, f"date {dt.date()} rejected: before 1995"
+    if dt > now + timedelta(days=1):
+        return None, f"date {dt.date()} rejected: in the future"
+    return dt, None
+
+
+def extract_one(item: ExtractInput, min_words: int = 40, now: datetime | None = None) -> ExtractOutput:
+    """Turn one fetched page into article fields; every outcome is a status, never an exception."""
+    import trafilatura
+
+    now = now or datetime.now(UTC)
+    ctype = (item.content_type or "").split(";")[0].strip().lower()
+    if ctype not in HTML_TYPES or _looks_binary(item.content):
+        return ExtractOutput(url=item.url, status="not_article",
+                             status_reason=f"content type {ctype or 'binary'} is not HTML")
+    doc = trafilatura.bare_extraction(item.content, url=item.url, include_comments=False,
+                                      with_metadata=True, include_tables=True)
+    out = ExtractOutput(url=item.url, status="ok", extractor="trafilatura")
+    text = ""
+    if doc is not None:
+        text = (doc.text or "").strip()
+        out.title, out.author, out.sitename = doc.title, doc.author, doc.sitename
+        out.description, out.image = doc.description, doc.image
+        out.canonical_url = doc.url if doc.url and doc.url != item.url else None
+        out.categories = [c for c in (doc.categories or []) + (doc.tags or []) if c]
+        out.published = _parse_date(doc.date)
+    words = len(text.split())
+    if words < min_words:
+        for name, candidate in (("json-ld", _jsonld_body(item.content)),
+                                ("og:description", _meta_content(item.content, "og:description")),
+                                ("feed-summary", item.feed_summary)):
+            if candidate and len(candidate.split()) > words:
+                text, words, out.extractor = candidate.strip(), len(candidate.split()), name
+            if words >= min_words:
+                break
+    out.title = out.title or item.feed_title or _meta_content(item.content, "og:title")
+    out.published, reason = plausible_date(out.published, now)
+    if reason:
+        out.notes.append(reason)
+    if out.published is None and item.feed_published is not None:
+        out.published, reason = plausible_date(item.feed_published, now)
+        if reason:
+            out.notes.append("feed " + reason)
+    if not text:
+        out.status, out.status_reason, out.extractor = "not_article", "no main text found", None
+        return out
+    out.text = text
+    out.content_hash = content_hash(text)
+    hint_m = _LANG_RE.search(item.content[:20000])
+    hint = hint_m.group(1).decode("ascii") if hint_m else None
+    out.lang, out.lang_confidence = detect_language(f"{out.title or ''}\n{text}", hint)
+    if words < min_words:
+        out.status, out.status_reason = "too_short", f"{words} words < {min_words}"
+    return out
+
+
+def compress_html(content: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=6).compress(content)
+
+
+def decompress_html(blob: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(blob)
+
+
+# ---- worker processes -------------------------------------------------------------------------
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise ExtractionTimeout()
+
+
+def _worker_extract(item: ExtractInput, min_words: int, timeout_s: float) -> ExtractOutput:
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return extract_one(item, min_words)
+    except ExtractionTimeout:
+        return ExtractOutput(url=item.url, status="failed",
+                             status_reason=f"extraction exceeded {timeout_s:g}s")
+    except Exception as exc:  # a parser bug on one page must not cost the batch
+        return ExtractOutput(url=item.url, status="failed",
+                             status_reason=f"extraction error: {type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _worker_reset() -> bool:
+    from trafilatura.meta import reset_caches
+
+    reset_caches()
+    return True
+
+
+@contextmanager
+def extraction_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A pool of worker processes (forkserver: safe to start from Prefect's threads)."""
+    if workers <= 0:
+        yield None
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["monitor.extract", "trafilatura"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def extract_batch(items: Sequence[ExtractInput], *, min_words: int = 40, timeout_s: float = 30.0,
+                  pool: ProcessPoolExecutor | None = None) -> list[ExtractOutput]:
+    """Extract a batch, in order. A document over its time limit is `failed`, never a stalled batch."""
+    if pool is None:
+        outs = []
+        for item in items:
+            try:
+                outs.append(extract_one(item, min_words))
+            except Exception as exc:
+                outs.append(ExtractOutput(url=item.url, status="failed",
+                                          status_reason=f"extraction error: {type(exc).__name__}: {exc}"))
+        return outs
+    futures: list[Future[ExtractOutput]] = [
+        pool.submit(_worker_extract, item, min_words, timeout_s) for item in items
+    ]
+    results: list[ExtractOutput] = []
+    for item, fut in zip(items, futures, strict=True):
+        try:
+            # the in-worker alarm normally fires first; this is the backstop for a stuck C call
+            results.append(fut.result(timeout=timeout_s * 2 + 5))
+        except FutureTimeout:
+            results.append(ExtractOutput(url=item.url, status="failed",
+                                         status_reason=f"extraction exceeded {timeout_s * 2 + 5:g}s"))
+        except Exception as exc:
+            results.append(ExtractOutput(url=item.url, status="failed",
+                                         status_reason=f"worker failed: {type(exc).__name__}"))
+    for _ in range(getattr(pool, "_max_workers", 1)):
+        pool.submit(_worker_reset)
+    return results
+
+
+def build_article(link: Any, fetched: Any, out: ExtractOutput | None, *, keep_html: bool) -> Any:
+    """Combine what the feed said, what the fetch got and what extraction found into one Article."""
+    from monitor.models import Article
+
+    art = Article(id=link.article_id, url=link.url, source_id=link.source_id, status="failed",
+                  feed_title=link.title, feed_summary=link.summary, feed_published=link.published,
+                  title=link.title, published=link.published,
+                  fetched_at=fetched.fetched_at if fetched else None,
+                  final_url=fetched.final_url if fetched else None)
+    if fetched is None or fetched.error:
+        art.status_reason = f"fetch failed: {fetched.error if fetched else 'not fetched'}"
+        return art
+    if out is None:
+        art.status_reason = "not extracted"
+        return art
+    art.status, art.status_reason = out.status, out.status_reason
+    for name in ("title", "author", "sitename", "description", "text", "lang", "lang_confidence",
+                 "extractor", "canonical_url", "content_hash"):
+        value = getattr(out, name)
+        if value is not None:
+            setattr(art, name, value)
+    art.published = out.published or link.published
+    if (out.published and link.published and out.published.time() == datetime.min.time()
+            and out.published.date() == link.published.date()):
+        art.published = link.published  # the page gave only a day; the feed knows the time
+    if out.notes:
+        art.extra["notes"] = out.notes
+    if keep_html and fetched.content and out.status != "not_article":
+        art.html = compress_html(fetched.content)
+    return art

@@ -1,0 +1,369 @@
+"""Stories and novelty: duplicates, story linking across languages, and new developments.
+
+Definitions (docs/novelty.md):
+- duplicate: the same text again (exact normalised-text hash, or MinHash Jaccard >= threshold on
+  word 5-shingles). Linked to its original with `duplicate_of`; never flagged.
+- same story: an article whose language-independent facts (names transliterated to Latin and reduced
+  to a consonant key, numbers) overlap a known story's enough (IDF-weighted). Joins the story.
+- new development: `new_story` (first article of a story on a tracked topic), `update` (joins a story
+  and brings enough facts the story has not had), `surge` (a story reaches N independent sources
+  within T hours).
+
+Candidates come from an inverted index (fact key -> stories) and MinHash LSH buckets built over a
+time window only, so the cost per article does not grow with the history. Pure: no IO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from anyascii import anyascii
+from datasketch import MinHash, MinHashLSH
+
+from monitor.config import NoveltyConfig
+from monitor.models import Article, Development
+from monitor.store import StoryRow, WindowEntry
+
+NUM_PERM = 64
+SCHEME = "affine32"  # datasketch 2 scheme: stored signatures are 64 × uint32
+SHINGLE = 5
+# Languages whose common nouns are capitalised: a lone capitalised word there is not a name.
+NOUN_CAPITALISING = {"de", "lb"}
+_WORD = re.compile(r"\w+(?:[-'’]\w+)*", re.UNICODE)
+_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:[ .,\u00a0\u202f]\d{3})+(?![\d])|\d+")
+_SENT_END = re.compile(r"[.!?…:;\"“”«»]\s*$")
+
+
+@dataclass(slots=True)
+class NoveltyItem:
+    article: Article
+    topics: list[str]  # matched topic ids, best first
+
+
+@dataclass(slots=True)
+class NoveltyResult:
+    articles: list[Article]  # the same objects, with status/duplicate_of/story_id set
+    signatures: list[WindowEntry] = field(default_factory=list)
+    stories: list[StoryRow] = field(default_factory=list)
+    developments: list[Development] = field(default_factory=list)
+
+
+KEY_LEN = 5
+# Capitalised words that are not names in the languages we follow (months, weekdays, titles).
+COMMON_CAPITALISED = frozenset("""
+january february march april may june july august september october november december
+monday tuesday wednesday thursday friday saturday sunday
+januar februar märz juni juli oktober dezember montag dienstag mittwoch donnerstag freitag samstag sonntag
+janvier février mars avril mai juin juillet août septembre octobre novembre décembre lundi mardi mercredi jeudi
+vendredi samedi dimanche enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre
+diciembre lunes martes miércoles jueves viernes sábado domingo januari februari maret mei juni juli agustus
+oktober desember senin selasa rabu kamis jumat sabtu minggu
+president presidents minister ministers secretary general chancellor prime chief spokesman spokesperson
+envoy adviser advisor army staff foreign defence defense security council state states national special
+präsident präsidenten kanzler außenminister sprecher presiden menteri sekretaris jenderal juru bicara
+président ministre porte-parole presidente ministro
+""".split())
+_DIGRAPHS = (("sch", "s"), ("sh", "s"), ("zh", "s"), ("ch", "k"), ("kh", "k"), ("ph", "f"), ("ck", "k"),
+             ("c", "k"), ("q", "k"), ("x", "ks"), ("z", "s"))
+_VOWELISH = re.compile(r"[aeiouyj]+")
+
+
+def name_key(word: str) -> str:
+    """A spelling-independent key: Latin transliteration with vowels merged, cut to KEY_LEN.
+
+    Зеленский, Зеленського, Zelensky, Zelenskyi and Selenskyj all become 'salan'; Witkoff and
+    Віткофф 'atkaf'. Cutting the key also absorbs most case endings of Slavic names.
+    """
+    s = re.sub(r"[^a-z]", "", anyascii(word).lower())
+    for a, b in _DIGRAPHS:
+        s = s.replace(a, b)
+    s = re.sub(r"[hwv]", "", s)
+    s = _VOWELISH.sub("a", s)
+    s = re.sub(r"(.)\1+", r"\1", s)
+    return s[:KEY_LEN]
+
+
+def extract_facts(text: str, title: str | None, lang: str | None) -> dict[str, str]:
+    """Language-independent facts of a text: key -> first surface form.
+
+    Names: capitalised words not starting a sentence, not common capitalised words, and not also
+    written in lower case in the same text (in German only runs of two or more, since every noun
+    is capitalised there). Numbers: digit groups of two or more digits.
+    """
+    facts: dict[str, str] = {}
+    lower_words = {w for w in _WORD.findall(f"{title or ''} {text or ''}") if w[:1].islower()}
+    for chunk in (title or "", text or ""):
+        _facts_from(chunk, lang, facts, lower_words)
+    return facts
+
+
+def _facts_from(text: str, lang: str | None, facts: dict[str, str], lower_words: set[str]) -> None:
+    text = unicodedata.normalize("NFKC", text)
+    for m in _NUMBER.finditer(text):
+        digits = re.sub(r"\D", "", m.group(0)).lstrip("0")
+        if len(digits) >= 2:
+            # 800,000 / 800.000 / "800 тысяч" agree on their significant digits
+            facts.setdefault("#" + digits.rstrip("0"), m.group(0))
+    tokens = list(_WORD.finditer(text))
+    caps: list[tuple[int, str]] = []
+    for i, m in enumerate(tokens):
+        w = m.group(0)
+        if w[:1].isdigit():
+            continue
+        if not w[0].isupper() or len(w) < 3:
+            continue
+        start = m.start()
+        before = text[max(0, start - 3):start]
+        sentence_start = i == 0 or bool(_SENT_END.search(before)) or "\n" in before
+        if not sentence_start:
+            caps.append((i, w))
+    noun_caps = (lang or "") in NOUN_CAPITALISING
+    idx = {i for i, _ in caps}
+    for i, w in caps:
+        if noun_caps and (i - 1) not in idx and (i + 1) not in idx:
+            continue
+        for part in re.split(r"[-'’]", w):
+            if part.casefold() in COMMON_CAPITALISED or part.lower() in lower_words:
+                continue
+            key = name_key(part)
+            if len(key) >= 3:
+                facts.setdefault(key, part)
+
+
+def _shingles(text: str) -> set[bytes]:
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    if len(words) < SHINGLE:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
+
+
+def minhash_of(text: str) -> MinHash:
+    mh = MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME)
+    mh.update_batch(list(_shingles(text)))
+    return mh
+
+
+def _mh_bytes(mh: MinHash) -> bytes:
+    return np.asarray(mh.hashvalues, dtype=np.uint32).tobytes()
+
+
+def _mh_from(blob: bytes) -> MinHash:
+    return MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME, hashvalues=np.frombuffer(blob, dtype=np.uint32))
+
+
+def _stable_id(*parts: str) -> str:
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def event_time(a: Article) -> datetime:
+    t = a.published or a.feed_published or a.fetched_at
+    assert t is not None, "an article must have a time"
+    return t
+
+
+class Detector:
+    """Holds the window index (LSH, fact -> stories) and decides one article at a time."""
+
+    def __init__(self, cfg: NoveltyConfig, entries: Sequence[WindowEntry], stories: Sequence[StoryRow],
+                 outlets: dict[str, str] | None = None):
+        self.cfg = cfg
+        self.outlets = outlets or {}
+        self.lsh = MinHashLSH(threshold=cfg.duplicate_threshold, num_perm=NUM_PERM)
+        self.minhashes: dict[str, MinHash] = {}
+        self.by_hash: dict[str, str] = {}
+        self.entry_story: dict[str, str | None] = {}
+        self.stories: dict[str, StoryRow] = {s.id: s for s in stories}
+        self.fact_index: dict[str, set[str]] = defaultdict(set)
+        self.df: Counter[str] = Counter()
+        self.n_docs = 0
+        self.story_sources: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+        self.changed: dict[str, StoryRow] = {}
+        for e in entries:
+            self._index_entry(e)
+        for s in stories:
+            for f in s.facts:
+                self.fact_index[f].add(s.id)
+
+    def _index_entry(self, e: WindowEntry, duplicate: bool = False) -> None:
+        if e.content_hash:
+            self.by_hash.setdefault(e.content_hash, e.article_id)
+        if e.minhash and e.article_id not in self.minhashes:
+            mh = _mh_from(e.minhash)
+            self.minhashes[e.article_id] = mh
+            self.lsh.insert(e.article_id, mh)
+        self.entry_story[e.article_id] = e.story_id
+        if not duplicate:
+            self.n_docs += 1
+            self.df.update(set(e.facts))
+            if e.story_id:
+                self.story_sources[e.story_id].append((e.first_seen, self.outlets.get(e.source_id, e.source_id)))
+
+    def idf(self, key: str) -> float:
+        return math.log(1 + (self.n_docs + 1) / (1 + self.df.get(key, 0)))
+
+    def find_duplicate(self, a: Article, mh: MinHash) -> str | None:
+        if a.content_hash and a.content_hash in self.by_hash:
+            return self.by_hash[a.content_hash]
+        best, best_j = None, 0.0
+        for cand in sorted(self.lsh.query(mh)):
+            j = mh.jaccard(self.minhashes[cand])
+            if j >= self.cfg.duplicate_threshold and j > best_j:
+                best, best_j = cand, j
+        return best
+
+    def best_story(self, facts: dict[str, str], topics: list[str]) -> tuple[str | None, float, list[str]]:
+        weights = {k: self.idf(k) for k in facts}
+        total = sum(weights.values()) or 1.0
+        scores: dict[str, float] = defaultdict(float)
+        for k, w in weights.items():
+            for sid in self.fact_index.get(k, ()):
+                scores[sid] += w
+        best, best_score = None, 0.0
+        for sid, sc in sorted(scores.items()):
+            story = self.stories[sid]
+            if topics and story.topics and not set(topics) & set(story.topics):
+                continue
+            if sc / total > best_score:
+                best, best_score = sid, sc / total
+        if best is None or best_score < self.cfg.story_threshold:
+            return None, best_score, []
+        return best, best_score, sorted(k for k in facts if k in set(self.stories[best].facts))
+
+    def new_facts(self, facts: dict[str, str], story: StoryRow) -> dict[str, str]:
+        known = set(story.facts)
+        return {k: v for k, v in facts.items() if k not in known}
+
+    def weigh(self, keys: Iterable[str]) -> float:
+        """New numbers count 1.5, new names 1 (numbers survive translation unchanged)."""
+        return sum(1.5 if k.startswith("#") else 1.0 for k in keys)
+
+    def update_facts(self, new: dict[str, str], facts: dict[str, str], story: StoryRow,
+                     outlet: str) -> tuple[dict[str, str], str | None]:
+        """Which new facts make this article an update, and why ('strong' or 'confirmed').
+
+        strong: at least two new numbers and two new names, a third of the article's facts new.
+        confirmed: facts first reported by another outlet and now reported again (a translation
+        repeats the original's facts, so its own wording alone is never confirmed twice).
+        """
+        numbers = [k for k in new if k.startswith("#")]
+        names = [k for k in new if not k.startswith("#")]
+        if len(numbers) >= 2 and len(names) >= 2 and len(new) / max(1, len(facts)) >= 0.3:
+            return new, "strong"
+        confirmed = {k: v for k, v in new.items()
+                     if k in story.pending and outlet not in story.pending[k]["outlets"]}
+        if self.weigh(confirmed) >= self.cfg.update_min_new_facts:
+            return confirmed, "confirmed"
+        return {}, None
+
+    def surge_reached(self, story_id: str, at: datetime) -> bool:
+        since = at - timedelta(hours=self.cfg.surge_hours)
+        sources = {src for t, src in self.story_sources[story_id] if since <= t <= at}
+        return len(sources) >= self.cfg.surge_sources
+
+
+def detect(items: Sequence[NoveltyItem], entries: Sequence[WindowEntry], stories: Sequence[StoryRow],
+           cfg: NoveltyConfig, outlets: dict[str, str] | None = None) -> NoveltyResult:
+    """Decide duplicates, stories and developments for new articles, in event-time order.
+
+    `outlets` maps source ids to outlets, so that a feed and a sitemap of one outlet count once.
+    """
+    det = Detector(cfg, entries, stories, outlets)
+    result = NoveltyResult(articles=[it.article for it in items])
+    ordered = sorted((it for it in items if it.article.status == "ok" and it.article.text),
+                     key=lambda it: (event_time(it.article), it.article.id))
+    for it in ordered:
+        _decide(det, it, result)
+    result.stories = sorted(det.changed.values(), key=lambda s: s.id)
+    return result
+
+
+def _decide(det: Detector, it: NoveltyItem, result: NoveltyResult) -> None:
+    a = it.article
+    at = event_time(a)
+    mh = minhash_of(a.text or "")
+    facts = extract_facts(a.text or "", a.title, a.lang)
+    dup = det.find_duplicate(a, mh)
+    if dup is not None:
+        a.status, a.status_reason, a.duplicate_of = "duplicate", f"same text as {dup}", dup
+        a.story_id = det.entry_story.get(dup)
+        entry = WindowEntry(a.id, a.story_id, at, a.content_hash, _mh_bytes(mh), sorted(facts), a.source_id)
+        det._index_entry(entry, duplicate=True)
+        result.signatures.append(entry)
+        return
+    story_id, sim, shared = det.best_story(facts, it.topics)
+    devs: list[Development] = []
+    topic = it.topics[0] if it.topics else None
+    if story_id is None:
+        story = StoryRow(id="s-" + a.id, title=a.title, first_seen=at, last_seen=at, first_article_id=a.id,
+                         topics=list(it.topics), facts=sorted(facts), surged=False, pending={},
+                         dev_facts=[])
+        det.stories[story.id] = story
+        if topic:
+            devs.append(_development("new_story", a, story.id, topic, 1.0,
+                                     {"facts": _surface(facts), "topics": it.topics}, [], at))
+    else:
+        story = det.stories[story_id]
+        outlet = det.outlets.get(a.source_id, a.source_id)
+        new = det.new_facts(facts, story)
+        if story.dev_facts and len(set(story.dev_facts) & set(facts)) >= 0.5 * len(story.dev_facts):
+            # another report of the story's latest development: its wording adds nothing new
+            story.facts = sorted(set(story.facts) | set(new))
+            new = {}
+        flagged, why = det.update_facts(new, facts, story, outlet)
+        compared = [{"story_id": story.id, "first_article_id": story.first_article_id,
+                     "similarity": round(sim, 3), "shared_facts": len(shared)}]
+        if flagged and topic:
+            first_reports = sorted({story.pending[k]["article_id"] for k in flagged if k in story.pending})
+            compared += [{"article_id": x, "reported_first": True} for x in first_reports]
+            devs.append(_development("update", a, story.id, topic, det.weigh(flagged),
+                                     {"new_facts": _surface(flagged), "basis": why, "topics": it.topics},
+                                     compared, at))
+            story.facts = sorted(set(story.facts) | set(flagged))
+            story.dev_facts = sorted(flagged)
+            for k in flagged:
+                story.pending.pop(k, None)
+        for k, surface in new.items():
+            if k in flagged:
+                continue
+            p = story.pending.setdefault(k, {"surface": surface, "outlets": [], "article_id": a.id})
+            if outlet not in p["outlets"]:
+                p["outlets"] = sorted([*p["outlets"], outlet])
+        story.topics = sorted(set(story.topics) | set(it.topics))
+        story.last_seen = max(story.last_seen, at)
+    for k in facts:
+        det.fact_index[k].add(story.id)
+    a.story_id = story.id
+    entry = WindowEntry(a.id, story.id, at, a.content_hash, _mh_bytes(mh), sorted(facts), a.source_id)
+    det._index_entry(entry)
+    result.signatures.append(entry)
+    if topic and not story.surged and det.surge_reached(story.id, at):
+        story.surged = True
+        n = len({s for _, s in det.story_sources[story.id]})
+        devs.append(_development("surge", a, story.id, topic, float(n),
+                                 {"sources": n, "within_hours": det.cfg.surge_hours}, [], at))
+    det.changed[story.id] = story
+    result.developments.extend(devs)
+
+
+def _surface(facts: dict[str, str]) -> dict[str, list[str]]:
+    names = sorted({v for k, v in facts.items() if not k.startswith("#")})
+    numbers = sorted({v for k, v in facts.items() if k.startswith("#")})
+    return {"names": names, "numbers": numbers}
+
+
+def _development(kind: str, a: Article, story_id: str, topic: str, score: float, what: dict[str, Any],
+                 compared: list[dict[str, Any]], at: datetime) -> Development:
+    return Development(
+        id=_stable_id(kind, story_id, topic, a.id), kind=kind,  # type: ignore[arg-type]
+        story_id=story_id, topic=topic, article_id=a.id, score=score, what_is_new=what,
+        compared_with=compared, first_seen=at, source_id=a.source_id, title=a.title, url=a.url, lang=a.lang,
+    )
