@@ -58,9 +58,13 @@ def routes(ch: ChannelConfig, dev: Development) -> bool:
 
 def outbox_rows(channels: Sequence[ChannelConfig], contexts: Sequence[AlertContext]) -> list[dict[str, Any]]:
     rows = []
+    seen: set[tuple[str, str, str]] = set()
     for ctx in contexts:
         for ch in channels:
-            if ch.mode == "instant" and routes(ch, ctx.development):
+            # an article matching two topics of one channel is one message, not two
+            once = (ch.name, ctx.development.article_id, ctx.development.kind)
+            if ch.mode == "instant" and routes(ch, ctx.development) and once not in seen:
+                seen.add(once)
                 rows.append({"id": alert_id(ctx.development.id, ch.name), "development_id": ctx.development.id,
                              "channel": ch.name, "kind": ctx.development.kind,
                              "payload": message_fields(ctx)})

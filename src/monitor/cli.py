@@ -85,7 +85,7 @@ def fail(exc: BaseException) -> None:
         import traceback
 
         traceback.print_exception(exc)
-    err_console.print(f"error: {mask_secrets(str(exc))}", markup=False, highlight=False)
+    typer.echo(f"error: {mask_secrets(str(exc))}", err=True)
     raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
 
 
@@ -139,7 +139,7 @@ def check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         fail(exc)
         return
     for p in problems:
-        err_console.print(p, markup=False)
+        typer.echo(mask_secrets(p), err=True)
     if problems:
         raise typer.Exit(2)
     console.print(f"ok: {len(settings.sources)} sources, {len(settings.topics)} topics, "

@@ -307,8 +307,8 @@ def _decide(det: Detector, it: NoveltyItem, result: NoveltyResult) -> None:
                          topics=list(it.topics), facts=sorted(facts), surged=False, pending={},
                          dev_facts=[])
         det.stories[story.id] = story
-        if topic:
-            devs.append(_development("new_story", a, story.id, topic, 1.0,
+        for t in it.topics:
+            devs.append(_development("new_story", a, story.id, t, 1.0,
                                      {"facts": _surface(facts), "topics": it.topics}, [], at))
     else:
         story = det.stories[story_id]
@@ -324,9 +324,10 @@ def _decide(det: Detector, it: NoveltyItem, result: NoveltyResult) -> None:
         if flagged and topic:
             first_reports = sorted({story.pending[k]["article_id"] for k in flagged if k in story.pending})
             compared += [{"article_id": x, "reported_first": True} for x in first_reports]
-            devs.append(_development("update", a, story.id, topic, det.weigh(flagged),
-                                     {"new_facts": _surface(flagged), "basis": why, "topics": it.topics},
-                                     compared, at))
+            for t in it.topics:
+                devs.append(_development("update", a, story.id, t, det.weigh(flagged),
+                                         {"new_facts": _surface(flagged), "basis": why, "topics": it.topics},
+                                         compared, at))
             story.facts = sorted(set(story.facts) | set(flagged))
             story.dev_facts = sorted(flagged)
             for k in flagged:
@@ -348,8 +349,9 @@ def _decide(det: Detector, it: NoveltyItem, result: NoveltyResult) -> None:
     if topic and not story.surged and det.surge_reached(story.id, at):
         story.surged = True
         n = len({s for _, s in det.story_sources[story.id]})
-        devs.append(_development("surge", a, story.id, topic, float(n),
-                                 {"sources": n, "within_hours": det.cfg.surge_hours}, [], at))
+        for t in it.topics:
+            devs.append(_development("surge", a, story.id, t, float(n),
+                                     {"sources": n, "within_hours": det.cfg.surge_hours}, [], at))
     det.changed[story.id] = story
     result.developments.extend(devs)
 

@@ -1,0 +1,121 @@
+"""The spine end to end: the real flow over the demo site on 127.0.0.1, a real DuckDB file."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from flows.ingest import ingest
+from monitor.demo.servers import WebhookReceiver
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+PEACE = "ukraine-peace-talks"
+
+
+def _db(cfg: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(cfg.parent.parent / "demo.duckdb"), read_only=True)
+
+
+def _rows(cfg: Path, sql: str) -> list[tuple]:
+    con = _db(cfg)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_full_cycle_over_demo_site(demo_config: Path, webhook: WebhookReceiver) -> None:
+    stats = ingest(str(demo_config))
+
+    # 24 article pages linked from 7 source documents; the kyiv-observer English copy is a duplicate
+    assert stats["statuses"] == {"ok": 23, "duplicate": 1}
+    assert _rows(demo_config, "SELECT count(*), count(DISTINCT url) FROM articles") == [(24, 24)]
+    dup = _rows(demo_config, "SELECT url, duplicate_of IS NOT NULL FROM articles WHERE status = 'duplicate'")
+    assert dup == [(dup[0][0], True)] and "/kyiv-observer/en/" in dup[0][0]
+    # every article ends with exactly one status and every ok article has a language
+    assert _rows(demo_config, "SELECT count(*) FROM articles WHERE status = 'ok' AND lang IS NULL") == [(0,)]
+
+    # the section page contributes the two articles that the Europa Heute feed omits
+    assert stats["sources"]["europa-heute-politik"]["new"] == 2
+
+    # peace talks: 13 ok articles tagged (the 14th is the duplicate), none of the 10 negatives
+    tagged = _rows(demo_config, f"SELECT count(*) FROM article_topics WHERE topic = '{PEACE}'")
+    assert tagged == [(13,)]
+    negatives = _rows(demo_config, f"""
+        SELECT a.url FROM article_topics t JOIN articles a ON a.id = t.article_id
+        WHERE t.topic = '{PEACE}' AND (a.url LIKE '%gaza%' OR a.url LIKE '%sudan%' OR a.url LIKE '%ternop%'
+              OR a.url LIKE '%pokrowsk%' OR a.url LIKE '%armenien%' OR a.url LIKE '%derbi%'
+              OR a.url LIKE '%ezb%' OR a.url LIKE '%festival%')""")
+    assert negatives == []
+
+    # three developments of the peace-talks story: the wire original, then the Geneva and Abu Dhabi news
+    devs = _rows(demo_config, f"SELECT kind, url FROM developments WHERE topic = '{PEACE}' ORDER BY first_seen")
+    assert [d[0] for d in devs] == ["new_story", "update", "update"]
+    assert devs[0][1].endswith("globalwire/news/us-russia-secret-28-point-plan.html")
+    assert "genfer" in devs[1][1] or "geneva" in devs[1][1]
+    assert "abu-dhabi" in devs[2][1] or "abu-dabi" in devs[2][1]
+
+    # the seed (an Indonesian translation of the wire story) joins that story and is not flagged
+    seed = _rows(demo_config, """
+        SELECT a.story_id = o.story_id, a.id IN (SELECT article_id FROM development_events)
+        FROM articles a, articles o
+        WHERE a.url LIKE '%rencana-perdamaian-28-poin%' AND o.url LIKE '%globalwire/news/us-russia%'""")
+    assert seed == [(True, False)]
+
+    # one alert per peace-talks development reached the Slack-like receiver, in Slack's shape
+    assert len(webhook.received) == 3
+    assert all("blocks" in m["body"] and m["body"]["text"] for m in webhook.received)
+    assert _rows(demo_config, "SELECT state, count(*) FROM alerts GROUP BY state") == [("sent", 3)]
+    assert Path(stats["dashboard"]).read_text().count("<section") >= 4
+
+
+def test_second_run_adds_nothing(demo_config: Path, webhook: WebhookReceiver) -> None:
+    ingest(str(demo_config))
+    before = _rows(demo_config, """SELECT (SELECT count(*) FROM articles), (SELECT count(*) FROM article_topics),
+        (SELECT count(*) FROM development_events), (SELECT count(*) FROM alerts), (SELECT count(*) FROM stories)""")
+    stats = ingest(str(demo_config))
+    after = _rows(demo_config, """SELECT (SELECT count(*) FROM articles), (SELECT count(*) FROM article_topics),
+        (SELECT count(*) FROM development_events), (SELECT count(*) FROM alerts), (SELECT count(*) FROM stories)""")
+    assert after == before
+    assert stats["developments"] == 0 and stats["alerts_sent"] == 0 and stats["statuses"] == {}
+    assert len(webhook.received) == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_source_down_others_stored(demo_config: Path) -> None:
+    dead = _free_port()  # nothing listens there: connection refused
+    sources = demo_config / "sources.toml"
+    sources.write_text(sources.read_text() + f'''
+[[sources]]
+id = "dead-outlet"
+url = "http://127.0.0.1:{dead}/feed.xml"
+kind = "rss"
+''')
+    stats = ingest(str(demo_config))
+    assert stats["statuses"]["ok"] == 23
+    assert "cannot connect" in (stats["sources"]["dead-outlet"]["error"] or "")
+    health = _rows(demo_config, "SELECT consecutive_failures, last_error FROM source_health WHERE id = 'dead-outlet'")
+    assert health[0][0] == 1 and "cannot connect" in health[0][1]
+    ok = _rows(demo_config, "SELECT consecutive_failures FROM source_health WHERE id = 'globalwire'")
+    assert ok == [(0,)]
+
+
+def test_webhook_down_keeps_alerts_pending_then_sends(demo_config: Path, webhook: WebhookReceiver) -> None:
+    webhook.fail_next(1, status=503)  # the channel is skipped for the rest of the run after this
+    stats = ingest(str(demo_config))
+    assert stats["alerts_sent"] == 0 and stats["alerts_pending"] == 3
+    con = duckdb.connect(str(demo_config.parent.parent / "demo.duckdb"))
+    con.execute("UPDATE alerts SET next_attempt_at = now()")  # do not wait for the backoff
+    con.close()
+    stats = ingest(str(demo_config))
+    assert stats["alerts_sent"] == 3
+    assert len(webhook.received) == 3
