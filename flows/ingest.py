@@ -13,17 +13,17 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from monitor import alerts, novelty, sources
 from monitor.config import Settings, SourceConfig, load_settings
 from monitor.dashboard import render_dashboard
 from monitor.extract import ExtractInput, build_article, extract_batch, extraction_pool
-from monitor.fetch import FetchRequest, Fetcher
+from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult
 from monitor.store import Store, open_store
-from monitor.topics import TopicSet, explain_text
+from monitor.topics import TopicSet
 
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
@@ -46,7 +46,8 @@ async def _discover_source(fetcher: Fetcher, src: SourceConfig, etag: str | None
     if src.kind == "article":
         return SourceDocResult(source_id=src.id, links=[Link(url=src.url, source_id=src.id, via="article")])
     total = SourceDocResult(source_id=src.id)
-    queue, seen, first = [src.url], set(), True
+    queue, first = [src.url], True
+    seen: set[str] = set()
     while queue and len(seen) < 50:
         url = queue.pop(0)
         if url in seen:

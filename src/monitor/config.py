@@ -23,6 +23,7 @@ from monitor.errors import ConfigError, register_secret
 SourceKind = Literal["auto", "rss", "atom", "jsonfeed", "feed", "sitemap", "page", "article"]
 ChannelType = Literal["slack", "teams", "discord", "mattermost", "googlechat", "generic", "apprise"]
 AlertKind = Literal["new_story", "update", "surge", "source_failing"]
+DEFAULT_ALERT_KINDS: tuple[AlertKind, ...] = ("new_story", "update", "surge")
 
 
 class _Strict(BaseModel):
@@ -41,7 +42,8 @@ class ScheduleConfig(_Strict):
 
 
 class FetchConfig(_Strict):
-    user_agent: str = "news-monitor/0.1 (+https://github.com/news-monitor/news-monitor)"
+    user_agent: str = "news-monitor/0.1"
+    contact_url: str = "https://github.com/news-monitor/news-monitor"  # appended to the User-Agent
     connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
     read_timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
     total_timeout_s: Annotated[float, Field(gt=0, le=600)] = 60.0
@@ -89,7 +91,7 @@ class ChannelConfig(_Strict):
     type: ChannelType
     url: str
     topics: list[str] = Field(default_factory=list)  # empty: all topics
-    kinds: list[AlertKind] = Field(default_factory=lambda: ["new_story", "update", "surge"])
+    kinds: list[AlertKind] = Field(default_factory=lambda: list(DEFAULT_ALERT_KINDS))
     min_score: float = 0.0
     mode: Literal["instant", "digest"] = "instant"
     digest_cron: str | None = None

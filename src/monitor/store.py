@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -522,7 +522,5 @@ def open_store(path: str | Path, *, read_only: bool = False) -> Iterator[Store]:
     except duckdb.Error as exc:
         raise StoreError(f"database {p}: {_describe(exc)}") from exc
     finally:
-        try:
+        with suppress(duckdb.Error):
             con.close()
-        except duckdb.Error:
-            pass
