@@ -152,6 +152,58 @@ def topics_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     check(config)
 
 
+@topics_app.command("try")
+def topics_try(target: Annotated[str, typer.Argument(help="An article URL or a local HTML/text file")],
+               config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Show, for one article, each topic's result and why it matched."""
+    from monitor.config import load_settings
+    from monitor.topics import TopicSet, explain_text
+
+    try:
+        settings = load_settings(config)
+        topics = TopicSet.compile(settings.topics)
+        title, text, lang = _load_article(target, settings)
+    except MonitorError as exc:
+        fail(exc)
+        return
+    matches = {m.topic: m for m in topics.tag("try", title, text, lang)}
+    console.print(f"[bold]{title or '(no title)'}[/bold]  lang={lang or '?'}  words={len((text or '').split())}",
+                  highlight=False)
+    table = Table(show_lines=True)
+    for col in ("topic", "match", "score", "why"):
+        table.add_column(col)
+    for t in settings.topics:
+        m = matches.get(t.id)
+        table.add_row(t.id, "yes" if m else "no", f"{m.score:g}" if m else "",
+                      explain_text(m.explanation) if m else "")
+    console.print(table)
+
+
+def _load_article(target: str, settings: Any) -> tuple[str | None, str | None, str | None]:
+    """Title, text and language of a URL (fetched politely) or a local file (HTML or plain text)."""
+    from monitor.extract import ExtractInput, detect_language, extract_one
+
+    if target.startswith(("http://", "https://")):
+        from monitor.fetch import FetchRequest, fetch_all
+
+        res = fetch_all(settings.monitor.fetch, [FetchRequest(target)])[0]
+        if not res.ok:
+            raise MonitorError(f"cannot fetch {target}: {res.error}")
+        out = extract_one(ExtractInput(target, res.content or b"", res.content_type), min_words=0)
+        return out.title, out.text, out.lang
+    path = Path(target)
+    if not path.is_file():
+        raise MonitorError(f"no such file: {target}")
+    raw = path.read_bytes()
+    if path.suffix.lower() in (".html", ".htm") or raw.lstrip()[:1] == b"<":
+        out = extract_one(ExtractInput(path.as_uri(), raw, "text/html"), min_words=0)
+        return out.title, out.text, out.lang
+    body = raw.decode("utf-8", "replace").strip()
+    first, _, rest = body.partition("\n")
+    lang, _conf = detect_language(body)
+    return first.strip(), rest.strip() or first, lang
+
+
 @app.command()
 def dashboard(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Render the dashboard HTML from the database."""
