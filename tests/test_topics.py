@@ -347,7 +347,7 @@ def test_one_pass_lookup_does_not_grow_with_topics() -> None:
     many.tag("a", title, text, "en")
     s1, s100 = one.last_stats, many.last_stats
     assert s1["tokens"] == s100["tokens"] and s1["unique"] == s100["unique"]
-    # every distinct token is probed once per table (+ once per distinct prefix length), however many topics
+    # one cached probe per distinct token, however many topics
     assert s100["probes"] <= s1["probes"] * 1.5
     assert len(many.tag("a", title, text, "en")) == 100
     # topics none of whose terms occur are not even evaluated

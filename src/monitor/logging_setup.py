@@ -15,6 +15,8 @@ def configure(log_file: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     # no phoning home: this tool runs offline and a failed telemetry call logs an ERROR
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the temporary server can take a while on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = os.environ.get("PREFECT_LOGGING_TO_API_ENABLED", "true")
     os.environ["PREFECT_LOGGING_CONFIG_PATH"] = str(Path(__file__).with_name("logging.yml"))
     os.environ["PREFECT_LOGGING_HANDLERS_FILE_FILENAME"] = str(log_file)

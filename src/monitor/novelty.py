@@ -59,19 +59,22 @@ class NoveltyResult:
 
 KEY_LEN = 5
 # Capitalised words that are not names in the languages we follow (months, weekdays, titles).
-COMMON_CAPITALISED = frozenset("""
-january february march april may june july august september october november december
-monday tuesday wednesday thursday friday saturday sunday
-januar februar märz juni juli oktober dezember montag dienstag mittwoch donnerstag freitag samstag sonntag
-janvier février mars avril mai juin juillet août septembre octobre novembre décembre lundi mardi mercredi jeudi
-vendredi samedi dimanche enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre
-diciembre lunes martes miércoles jueves viernes sábado domingo januari februari maret mei juni juli agustus
-oktober desember senin selasa rabu kamis jumat sabtu minggu
-president presidents minister ministers secretary general chancellor prime chief spokesman spokesperson
-envoy adviser advisor army staff foreign defence defense security council state states national special
-präsident präsidenten kanzler außenminister sprecher presiden menteri sekretaris jenderal juru bicara
-président ministre porte-parole presidente ministro
-""".split())
+COMMON_CAPITALISED = frozenset([
+    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+    "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    "januar", "februar", "märz", "juni", "juli", "oktober", "dezember", "montag", "dienstag", "mittwoch",
+    "donnerstag", "freitag", "samstag", "sonntag", "janvier", "février", "mars", "avril", "mai", "juin",
+    "juillet", "août", "septembre", "octobre", "novembre", "décembre", "lundi", "mardi", "mercredi", "jeudi",
+    "vendredi", "samedi", "dimanche", "enero", "febrero", "marzo", "abril", "mayo", "junio", "julio",
+    "agosto", "septiembre", "octubre", "noviembre", "diciembre", "lunes", "martes", "miércoles", "jueves",
+    "viernes", "sábado", "domingo", "januari", "februari", "maret", "mei", "juni", "juli", "agustus",
+    "oktober", "desember", "senin", "selasa", "rabu", "kamis", "jumat", "sabtu", "minggu", "president",
+    "presidents", "minister", "ministers", "secretary", "general", "chancellor", "prime", "chief",
+    "spokesman", "spokesperson", "envoy", "adviser", "advisor", "army", "staff", "foreign", "defence",
+    "defense", "security", "council", "state", "states", "national", "special", "präsident", "präsidenten",
+    "kanzler", "außenminister", "sprecher", "presiden", "menteri", "sekretaris", "jenderal", "juru", "bicara",
+    "président", "ministre", "porte-parole", "presidente", "ministro",
+])
 _DIGRAPHS = (("sch", "s"), ("sh", "s"), ("zh", "s"), ("ch", "k"), ("kh", "k"), ("ph", "f"), ("ck", "k"),
              ("c", "k"), ("q", "k"), ("x", "ks"), ("z", "s"))
 _VOWELISH = re.compile(r"[aeiouyj]+")
@@ -84,6 +87,8 @@ def name_key(word: str) -> str:
     Віткофф 'atkaf'. Cutting the key also absorbs most case endings of Slavic names.
     """
     s = re.sub(r"[^a-z]", "", anyascii(word).lower())
+    s = re.sub(r"c(?=[eiy])", "s", s)  # Vance/Вэнса, Grace/Грейс: a soft c is an s
+    s = s.replace("ts", "s")  # Merz/Мерц (Merts), Kyslytsya/Кислица
     for a, b in _DIGRAPHS:
         s = s.replace(a, b)
     s = re.sub(r"[hwv]", "", s)
@@ -181,8 +186,12 @@ class Detector:
         self.minhashes: dict[str, MinHash] = {}
         self.by_hash: dict[str, str] = {}
         self.entry_story: dict[str, str | None] = {}
+        self.entry_time: dict[str, datetime] = {}
         self.stories: dict[str, StoryRow] = {s.id: s for s in stories}
         self.fact_index: dict[str, set[str]] = defaultdict(set)
+        # article level (non-duplicates): fact -> articles, article -> facts (for the echo test)
+        self.art_index: dict[str, set[str]] = defaultdict(set)
+        self.art_facts: dict[str, frozenset[str]] = {}
         self.df: Counter[str] = Counter()
         self.n_docs = 0
         self.story_sources: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
@@ -201,9 +210,13 @@ class Detector:
             self.minhashes[e.article_id] = mh
             self.lsh.insert(e.article_id, mh)
         self.entry_story[e.article_id] = e.story_id
+        self.entry_time[e.article_id] = e.first_seen
         if not duplicate:
             self.n_docs += 1
             self.df.update(set(e.facts))
+            self.art_facts[e.article_id] = frozenset(e.facts)
+            for f in e.facts:
+                self.art_index[f].add(e.article_id)
             if e.story_id:
                 self.story_sources[e.story_id].append((e.first_seen, self.outlets.get(e.source_id, e.source_id)))
 
@@ -232,11 +245,40 @@ class Detector:
             story = self.stories[sid]
             if topics and story.topics and not set(topics) & set(story.topics):
                 continue
-            if sc / total > best_score:
+            if sc / total > best_score and self._links(facts, story, sc / total, topics):
                 best, best_score = sid, sc / total
-        if best is None or best_score < self.cfg.story_threshold:
-            return None, best_score, []
+        if best is None:
+            return None, max((sc / total for sc in scores.values()), default=0.0), []
         return best, best_score, sorted(k for k in facts if k in set(self.stories[best].facts))
+
+    def _links(self, facts: dict[str, str], story: StoryRow, score: float, topics: list[str]) -> bool:
+        """Enough overlap to be the same story. Sharing a tracked topic is itself evidence, so a
+        story on the article's topic needs less overlap, but at least three shared facts."""
+        if score >= self.cfg.story_threshold:
+            return True
+        if not (topics and set(topics) & set(story.topics)):
+            return False
+        return score >= self.cfg.story_threshold_topic and len(set(facts) & set(story.facts)) >= 3
+
+    def echo(self, facts: dict[str, str], story_id: str, at: datetime) -> tuple[str | None, float]:
+        """The recent article of the story this one repeats most (IDF-weighted share of its facts).
+
+        A translation or rewrite shares most of its facts with the report it follows and comes
+        within `echo_hours` of it; an update shares background with the story but little with any
+        one recent article (a development days later may well repeat an older one's cast).
+        """
+        since = at - timedelta(hours=self.cfg.echo_hours)
+        weights = {k: self.idf(k) for k in facts}
+        total = sum(weights.values()) or 1.0
+        scores: dict[str, float] = defaultdict(float)
+        for k, w in weights.items():
+            for aid in self.art_index.get(k, ()):
+                if self.entry_story.get(aid) == story_id and since <= self.entry_time[aid] <= at:
+                    scores[aid] += w
+        if not scores:
+            return None, 0.0
+        best = min(scores, key=lambda aid: (-scores[aid], aid))
+        return best, scores[best] / total
 
     def new_facts(self, facts: dict[str, str], story: StoryRow) -> dict[str, str]:
         known = set(story.facts)
@@ -250,13 +292,12 @@ class Detector:
                      outlet: str) -> tuple[dict[str, str], str | None]:
         """Which new facts make this article an update, and why ('strong' or 'confirmed').
 
-        strong: at least two new numbers and two new names, a third of the article's facts new.
+        strong: at least two new names and new facts weighing update_min_new_facts (numbers 1.5).
         confirmed: facts first reported by another outlet and now reported again (a translation
         repeats the original's facts, so its own wording alone is never confirmed twice).
         """
-        numbers = [k for k in new if k.startswith("#")]
         names = [k for k in new if not k.startswith("#")]
-        if len(numbers) >= 2 and len(names) >= 2 and len(new) / max(1, len(facts)) >= 0.3:
+        if len(names) >= 2 and self.weigh(new) >= self.cfg.update_min_new_facts:
             return new, "strong"
         confirmed = {k: v for k, v in new.items()
                      if k in story.pending and outlet not in story.pending[k]["outlets"]}
@@ -314,13 +355,16 @@ def _decide(det: Detector, it: NoveltyItem, result: NoveltyResult) -> None:
         story = det.stories[story_id]
         outlet = det.outlets.get(a.source_id, a.source_id)
         new = det.new_facts(facts, story)
-        if story.dev_facts and len(set(story.dev_facts) & set(facts)) >= 0.5 * len(story.dev_facts):
-            # another report of the story's latest development: its wording adds nothing new
+        echo_of, echo_sim = det.echo(facts, story.id, at)
+        if echo_sim >= det.cfg.echo_threshold:
+            # another report of an earlier article (translation, rewrite): its wording adds nothing new
             story.facts = sorted(set(story.facts) | set(new))
             new = {}
         flagged, why = det.update_facts(new, facts, story, outlet)
         compared = [{"story_id": story.id, "first_article_id": story.first_article_id,
                      "similarity": round(sim, 3), "shared_facts": len(shared)}]
+        if echo_of:
+            compared.append({"article_id": echo_of, "similarity": round(echo_sim, 3), "nearest": True})
         if flagged and topic:
             first_reports = sorted({story.pending[k]["article_id"] for k in flagged if k in story.pending})
             compared += [{"article_id": x, "reported_first": True} for x in first_reports]

@@ -605,6 +605,7 @@ class TopicSet:
     _topics: list[_Topic]
     _terms: _Terms
     last_stats: dict[str, int] = field(default_factory=dict)
+    _tok_cache: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     def compile(cls, topics: Sequence[TopicConfig], source_file: str = "topics.toml") -> TopicSet:
@@ -617,55 +618,61 @@ class TopicSet:
     def ids(self) -> list[str]:
         return [t.cfg.id for t in self._topics]
 
-    def _lookup(self, doc: _Doc) -> _Hits:
-        """Probe every distinct document token once against the terms of ALL topics."""
+    def _term_ids(self, tok: str) -> tuple[int, ...]:
+        """All term ids (of all topics) that a normalised document token matches."""
         T = self._terms
+        found: list[int] = []
+        tid = T.exact.get(tok)
+        if tid is not None:
+            found.append(tid)
+        for k in T.prefix_lens:
+            if k > len(tok):
+                break
+            tid = T.prefix.get(tok[:k])
+            if tid is not None:
+                found.append(tid)
+        if T.need_translit:
+            key = translit_key(tok)
+            tid = T.exact_tr.get(key)
+            if tid is not None:
+                found.append(tid)
+            for k in T.prefix_tr_lens:
+                if k > len(key):
+                    break
+                tid = T.prefix_tr.get(key[:k])
+                if tid is not None:
+                    found.append(tid)
+        return tuple(found)
+
+    def _lookup(self, doc: _Doc) -> _Hits:
+        """Probe every distinct document token once against the terms of ALL topics.
+
+        The answer per token is cached (vocabulary repeats across articles), so a warm lookup is one
+        dict probe per distinct token, whatever the number of topics."""
         hits: _Hits = {}
         merged: set[int] = set()
-        probes = 0
-
-        def add(tid: int, plist: list[int]) -> None:
-            if tid in hits:
-                hits[tid] = hits[tid] + plist
-                merged.add(tid)
-            else:
-                hits[tid] = plist
-
-        exact, prefix, lens = T.exact, T.prefix, T.prefix_lens
-        exact_tr, prefix_tr, lens_tr = T.exact_tr, T.prefix_tr, T.prefix_tr_lens
+        cache = self._tok_cache
+        misses = 0
         for tok, plist in doc.postings.items():
-            probes += 1
-            tid = exact.get(tok)
-            if tid is not None:
-                add(tid, plist)
-            n = len(tok)
-            for k in lens:
-                if k > n:
-                    break
-                probes += 1
-                tid = prefix.get(tok[:k])
-                if tid is not None:
-                    add(tid, plist)
-            if T.need_translit:
-                key = translit_key(tok)
-                probes += 1
-                tid = exact_tr.get(key)
-                if tid is not None:
-                    add(tid, plist)
-                n = len(key)
-                for k in lens_tr:
-                    if k > n:
-                        break
-                    probes += 1
-                    tid = prefix_tr.get(key[:k])
-                    if tid is not None:
-                        add(tid, plist)
+            tids = cache.get(tok)
+            if tids is None:
+                misses += 1
+                if len(cache) > _CACHE_MAX:
+                    cache.clear()
+                tids = cache[tok] = self._term_ids(tok)
+            for tid in tids:
+                if tid in hits:
+                    hits[tid] = hits[tid] + plist
+                    merged.add(tid)
+                else:
+                    hits[tid] = plist
         for tid in merged:
             hits[tid] = sorted(set(hits[tid]))
         self.last_stats = {
             "tokens": sum(map(len, doc.postings.values())),
             "unique": len(doc.postings),
-            "probes": probes,
+            "probes": len(doc.postings),
+            "cache_misses": misses,
             "term_hits": len(hits),
         }
         return hits
