@@ -13,10 +13,12 @@ import ipaddress
 import os
 import re
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from monitor.errors import ConfigError, register_secret
 
@@ -81,6 +83,11 @@ class NoveltyConfig(_Strict):
     window_hours: Annotated[int, Field(ge=1, le=24 * 90)] = 24 * 14
     duplicate_threshold: Annotated[float, Field(gt=0, le=1)] = 0.8
     story_threshold: Annotated[float, Field(gt=0, le=1)] = 0.3
+    # a story on the article's own tracked topic needs less overlap (3+ shared facts still required)
+    story_threshold_topic: Annotated[float, Field(gt=0, le=1)] = 0.15
+    # overlap with one earlier article above which an article is another report of it (never an update)
+    echo_threshold: Annotated[float, Field(gt=0, le=1)] = 0.35
+    echo_hours: Annotated[int, Field(ge=1, le=24 * 14)] = 24  # how late a copy or translation comes
     update_min_new_facts: Annotated[int, Field(ge=1, le=100)] = 3
     surge_sources: Annotated[int, Field(ge=2, le=1000)] = 5
     surge_hours: Annotated[int, Field(ge=1, le=24 * 14)] = 6
@@ -94,9 +101,34 @@ class ChannelConfig(_Strict):
     kinds: list[AlertKind] = Field(default_factory=lambda: list(DEFAULT_ALERT_KINDS))
     min_score: float = 0.0
     mode: Literal["instant", "digest"] = "instant"
-    digest_cron: str | None = None
+    digest_cron: str | None = Field(default=None, validate_default=True)  # digest mode: when to send
+    digest_timezone: str = "UTC"
     secret: str | None = None  # generic webhooks: HMAC-SHA256 key
     enabled: bool = True
+
+    @field_validator("digest_cron")
+    @classmethod
+    def _cron(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            if info.data.get("mode") == "digest":
+                raise ValueError("a digest channel needs digest_cron (e.g. '0 8 * * *')")
+            return v
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(v, datetime.now(UTC))
+        except CronSimError as exc:
+            raise ValueError(f"not a cron expression: {exc}") from None
+        return v
+
+    @field_validator("digest_timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
 
     @field_validator("url")
     @classmethod

@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from calendar import timegm
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
 
 from monitor.config import SourceConfig
+from monitor.errors import SourceError
 from monitor.models import Link, SourceDocResult
 
 MAX_SITEMAP_BYTES = 50 * 1024 * 1024
@@ -34,9 +36,21 @@ SM_NS = "{http://www.sitemaps.org/schemas/sitemap/0.9}"
 NEWS_NS = "{http://www.google.com/schemas/sitemap-news/0.9}"
 
 
+def gunzip_bounded(content: bytes, limit: int = MAX_SITEMAP_BYTES) -> bytes:
+    """Decompress a gzip file (a `.gz` sitemap or feed); refuse more than `limit` bytes out."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(content)) as gz:
+            out = gz.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SourceError(f"bad gzip file: {exc}") from None
+    if len(out) > limit:
+        raise SourceError(f"larger than {limit} bytes once decompressed")
+    return out
+
+
 def sniff_kind(content: bytes, content_type: str | None) -> str:
-    """Guess what a source document is: jsonfeed, sitemap, feed or html."""
-    head = content[:2048].lstrip().lower()
+    """Guess what a source document is: jsonfeed, sitemap, feed, text (URL list) or html."""
+    head = content[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     ctype = (content_type or "").lower()
     if head.startswith(b"{") or "json" in ctype:
         return "jsonfeed"
@@ -51,6 +65,8 @@ def sniff_kind(content: bytes, content_type: str | None) -> str:
         if b"<urlset" in body or b"<sitemapindex" in body:
             return "sitemap"
         return "feed"
+    if head.startswith((b"http://", b"https://")) and b"<" not in head:
+        return "text"
     return "html"
 
 
@@ -63,12 +79,15 @@ def clean_text(html_or_text: str | None, limit: int = 1000) -> str | None:
 
 def canonical_link(url: str, base: str, allow_offsite: bool) -> str | None:
     """Absolute, cleaned URL with tracking parameters removed; None if it is not worth fetching."""
-    if not url:
+    if not url or not isinstance(url, str):
         return None
-    absolute = urljoin(base, url.strip())
-    if urlsplit(absolute).scheme not in ("http", "https"):
+    try:
+        absolute = urljoin(base, url.strip())
+        if urlsplit(absolute).scheme not in ("http", "https") or not urlsplit(absolute).hostname:
+            return None
+        cleaned = courlan.normalize_url(absolute, strict=True)
+    except ValueError:  # e.g. an invalid IPv6 literal or port
         return None
-    cleaned = courlan.normalize_url(absolute, strict=True)
     if not cleaned:
         return None
     if not allow_offsite and _site(cleaned) != _site(base):
@@ -90,8 +109,8 @@ def _struct_to_dt(value: Any) -> datetime | None:
         return None
 
 
-def _iso_to_dt(value: str | None) -> datetime | None:
-    if not value:
+def _iso_to_dt(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
         return None
     try:
         dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -104,12 +123,16 @@ def parse_feed(content: bytes, source: SourceConfig, base_url: str,
                content_type: str | None = None) -> SourceDocResult:
     """RSS/Atom/RDF through feedparser; what can be read is kept, problems become warnings."""
     result = SourceDocResult(source_id=source.id)
-    headers = {"content-type": content_type} if content_type else {}
-    parsed = feedparser.parse(io.BytesIO(content), response_headers=headers, sanitize_html=False,
-                              resolve_relative_uris=False)
+    headers = {"content-type": _trusted_content_type(content, content_type)} if content_type else {}
+    try:
+        parsed = feedparser.parse(io.BytesIO(content), response_headers=headers, sanitize_html=False,
+                                  resolve_relative_uris=False)
+    except Exception as exc:  # feedparser is lenient, but one document must never stop a run
+        result.error = f"feed parser failed: {type(exc).__name__}: {str(exc)[:200]}"
+        return result
     if parsed.get("bozo"):
-        exc = parsed.get("bozo_exception")
-        result.warnings.append(f"ill-formed feed: {type(exc).__name__}: {str(exc)[:200]}")
+        bozo = parsed.get("bozo_exception")
+        result.warnings.append(f"ill-formed feed: {type(bozo).__name__}: {str(bozo)[:200]}")
     if not parsed.entries and not parsed.get("feed"):
         result.error = "not a feed: nothing could be read"
         return result
@@ -137,11 +160,32 @@ def parse_feed(content: bytes, source: SourceConfig, base_url: str,
     return result
 
 
+_XML_DECL_ENC = re.compile(rb"^\s*<\?xml[^>]*encoding\s*=", re.I)
+
+
+def _trusted_content_type(content: bytes, content_type: str) -> str:
+    """Drop the HTTP charset when the bytes say better (BOM, XML declaration, valid non-ASCII UTF-8).
+
+    Servers often send a default charset (ISO-8859-1) for feeds that are really UTF-8; trusting it
+    turns every accented letter into mojibake.
+    """
+    mime, _, params = content_type.partition(";")
+    if "charset" not in params.lower():
+        return content_type
+    if content.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")) or _XML_DECL_ENC.match(content[:200]):
+        return mime.strip()
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return content_type
+    return mime.strip() if not content.isascii() else content_type
+
+
 def parse_json_feed(content: bytes, source: SourceConfig, base_url: str) -> SourceDocResult:
     result = SourceDocResult(source_id=source.id)
     try:
         data = json.loads(content.decode("utf-8-sig", "replace"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         result.error = f"JSON Feed is not valid JSON: {exc}"
         return result
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
@@ -152,8 +196,10 @@ def parse_json_feed(content: bytes, source: SourceConfig, base_url: str) -> Sour
             result.warnings.append("JSON Feed item is not an object")
             continue
         href = item.get("url") or item.get("external_url") or ""
-        url = canonical_link(str(href), base_url, source.allow_offsite)
+        url = canonical_link(href, base_url, source.allow_offsite) if isinstance(href, str) else None
         if url is None:
+            if href:
+                result.warnings.append(f"link skipped: {str(href)[:200]}")
             continue
         summary = item.get("summary") or item.get("content_text") or item.get("content_html")
         result.links.append(Link(url=url, source_id=source.id, via="feed",
@@ -168,29 +214,33 @@ def parse_sitemap(content: bytes, source: SourceConfig, base_url: str) -> Source
     result = SourceDocResult(source_id=source.id)
     if content[:2] == b"\x1f\x8b":
         try:
-            with gzip.GzipFile(fileobj=io.BytesIO(content)) as gz:
-                content = gz.read(MAX_SITEMAP_BYTES + 1)
-        except (OSError, EOFError) as exc:
-            result.error = f"bad gzip sitemap: {exc}"
+            content = gunzip_bounded(content)
+        except SourceError as exc:
+            result.error = f"sitemap: {exc}"
             return result
-        if len(content) > MAX_SITEMAP_BYTES:
-            result.error = f"sitemap larger than {MAX_SITEMAP_BYTES} bytes once decompressed"
-            return result
+    if sniff_kind(content, None) == "text":
+        return parse_text_sitemap(content, source, base_url)
     try:
         root = SafeET.fromstring(content, forbid_dtd=False, forbid_entities=True)
     except DefusedXmlException as exc:
         result.error = f"refused sitemap: {type(exc).__name__} (XML entities are not allowed)"
         return result
-    except SafeET.ParseError as exc:
+    except (SafeET.ParseError, ValueError) as exc:
         result.error = f"sitemap is not well-formed XML: {exc}"
         return result
     tag = root.tag.split("}")[-1]
     if tag == "sitemapindex":
+        children = []
         for sm in root.iter(f"{SM_NS}sitemap"):
             loc = (sm.findtext(f"{SM_NS}loc") or "").strip()
             url = canonical_link(loc, base_url, source.allow_offsite)
             if url:
-                result.follow.append(url)
+                lastmod = _iso_to_dt(sm.findtext(f"{SM_NS}lastmod"))
+                children.append((lastmod.timestamp() if lastmod else 0.0, url))
+        # newest first: the documents read per poll are capped, and news lives in recent sitemaps
+        result.follow = [u for _, u in sorted(children, key=lambda c: -c[0])]
+        if not result.follow:
+            result.warnings.append("sitemap index lists no usable sitemap")
         return result
     if tag != "urlset":
         result.error = f"not a sitemap: root element <{tag}>"
@@ -208,6 +258,16 @@ def parse_sitemap(content: bytes, source: SourceConfig, base_url: str) -> Source
         published = published or _iso_to_dt(u.findtext(f"{SM_NS}lastmod"))
         result.links.append(Link(url=url, source_id=source.id, via="sitemap", title=title,
                                  published=published))
+    return result
+
+
+def parse_text_sitemap(content: bytes, source: SourceConfig, base_url: str) -> SourceDocResult:
+    """A plain-text sitemap: one URL per line (allowed by the sitemaps protocol)."""
+    result = SourceDocResult(source_id=source.id)
+    for line in content.decode("utf-8", "replace").splitlines():
+        url = canonical_link(line.strip(), base_url, source.allow_offsite)
+        if url:
+            result.links.append(Link(url=url, source_id=source.id, via="sitemap"))
     return result
 
 
@@ -234,9 +294,12 @@ def parse_section_page(content: bytes, source: SourceConfig, base_url: str) -> S
     # courlan's own filter drops IP-addressed hosts, so filter here instead
     links = courlan.extract_links(text, url=base_url, external_bool=False, no_filter=True)
     page = courlan.normalize_url(base_url, strict=True)
+    seen: set[str] = set()
     for href in sorted(links):
         url = canonical_link(href, base_url, source.allow_offsite)
-        if url and url != page and not _is_ancestor(url, base_url) and _looks_like_article(url):
+        if url and url not in seen and url != page and not _is_ancestor(url, base_url) \
+                and _looks_like_article(url):
+            seen.add(url)
             result.links.append(Link(url=url, source_id=source.id, via="page"))
     if not result.links:
         result.warnings.append("no article links found on the page")
@@ -268,8 +331,25 @@ def _looks_like_article(url: str) -> bool:
 
 def parse_source_document(source: SourceConfig, content: bytes, base_url: str,
                           content_type: str | None = None) -> SourceDocResult:
-    """Dispatch on the source's declared kind, or sniff the content when the kind is auto."""
-    kind = source.kind
+    """Dispatch on the source's declared kind, or sniff the content when the kind is auto.
+
+    Never raises: a parser bug on one document becomes that document's error ("parser failed").
+    """
+    try:
+        return _parse_document(source, content, base_url, content_type)
+    except Exception as exc:
+        return SourceDocResult(source_id=source.id,
+                               error=f"parser failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _parse_document(source: SourceConfig, content: bytes, base_url: str,
+                    content_type: str | None) -> SourceDocResult:
+    kind: str = source.kind
+    if content[:2] == b"\x1f\x8b":  # a .gz document served without Content-Encoding
+        try:
+            content = gunzip_bounded(content)
+        except SourceError as exc:
+            return SourceDocResult(source_id=source.id, error=str(exc))
     sniffed = sniff_kind(content, content_type)
     if kind in ("auto", "feed", "rss", "atom", "jsonfeed"):
         kind = sniffed if kind == "auto" or sniffed in ("feed", "jsonfeed") else kind
@@ -277,7 +357,7 @@ def parse_source_document(source: SourceConfig, content: bytes, base_url: str,
         return parse_feed(content, source, base_url, content_type)
     if kind == "jsonfeed":
         return parse_json_feed(content, source, base_url)
-    if kind == "sitemap":
+    if kind in ("sitemap", "text"):
         return parse_sitemap(content, source, base_url)
     if source.kind == "auto" and kind == "html":
         feeds = discover_feed_links(content, base_url)
