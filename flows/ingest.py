@@ -13,15 +13,19 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from monitor import alerts, novelty, sources
 from monitor.config import Settings, SourceConfig, load_settings
 from monitor.dashboard import render_dashboard
+from monitor.errors import MonitorError
 from monitor.extract import ExtractInput, build_article, extract_batch, extraction_pool
 from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult
+from monitor.ops import LockHolder, run_breakdown, run_lock, run_markdown
+from monitor.snapshot import publish_from
 from monitor.store import Store, open_store
 from monitor.topics import TopicSet
 
@@ -188,12 +192,32 @@ def _alert_context(store: Store, d: Any, batch: list[Article], topic_names: dict
 
 @task(name="deliver-alerts", cache_policy=NONE)
 def deliver(settings: Settings, store: Store) -> alerts.DeliveryReport:
-    return alerts.deliver_pending(store, settings.monitor.alerts)
+    """Instant alerts, then the digests whose schedule has fired."""
+    report = alerts.deliver_pending(store, settings.monitor.alerts)
+    digests = alerts.deliver_digests(store, settings.monitor.alerts)
+    report.sent, report.pending, report.failed = (report.sent + digests.sent, report.pending + digests.pending,
+                                                  report.failed + digests.failed)
+    report.digests = digests.digests
+    return report
+
+
+def _source_health_alerts(store: Store, settings: Settings) -> int:
+    """One alert when a source reaches N consecutive failures, one when it recovers; never one per poll."""
+    cfg = settings.monitor.alerts
+    changes = [alerts.SourceHealth(**c) for c in store.source_health_changes(cfg.source_failing_after)]
+    if not changes:
+        return 0
+    with store.transaction():
+        queued = store.enqueue_alerts(alerts.health_rows(cfg.channels, changes))
+        for c in changes:
+            store.set_failing_alerted(c.source_id, not c.recovered)
+    return queued
 
 
 @task(name="render-dashboard", cache_policy=NONE)
 def dashboard(settings: Settings, store: Store) -> str:
-    return str(render_dashboard(store.con, settings.resolve(settings.monitor.dashboard.path)))
+    return str(render_dashboard(store.con, settings.resolve(settings.monitor.dashboard.path),
+                                days=settings.monitor.dashboard.days))
 
 
 # ---- the flow -----------------------------------------------------------------------------------
@@ -220,13 +244,47 @@ def _record_polls(store: Store, docs: list[SourceDocResult], stats: RunStats, no
 
 @flow(name="ingest", log_prints=False)
 def ingest(config_dir: str, progress: Progress | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """One monitoring cycle over every source of a config folder."""
+    """One monitoring cycle over every source of a config folder (skipped if another is in flight)."""
+    settings = load_settings(config_dir)
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+    with run_lock(settings.db_path) as holder:
+        if holder is not None:
+            return _skip_run(run_id, settings, holder)
+        try:
+            out, breakdown = _cycle(settings, progress, run_id)
+        except Exception as exc:
+            _mark_failed(settings, run_id, exc)
+            raise
+    create_markdown_artifact(key="ingest-run", markdown=run_markdown(out, breakdown),
+                             description=f"ingest run {run_id}")
+    return out
+
+
+def _skip_run(run_id: str, settings: Settings, holder: LockHolder) -> dict[str, Any]:
+    why = f"skipped: another run is in flight ({holder.describe()}) on {settings.db_path}"
+    get_run_logger().warning(why)
+    out = RunStats(run_id=run_id, database=str(settings.db_path)).as_dict()
+    out["skipped"] = why
+    create_markdown_artifact(key="ingest-run", markdown=f"# Run `{run_id}`\n\n{why}\n",
+                             description=f"ingest run {run_id} (skipped)")
+    return out
+
+
+def _mark_failed(settings: Settings, run_id: str, exc: Exception) -> None:
+    try:
+        with open_store(settings.db_path) as store:
+            store.finish_run(run_id, "failed", {"run_id": run_id, "error": str(exc)[:500]})
+    except MonitorError:
+        pass  # the original error is the one worth raising
+
+
+def _cycle(settings: Settings, progress: Progress | None,
+           run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
     started = time.monotonic()
     progress = progress or _noop
-    settings = load_settings(config_dir)
     topics = TopicSet.compile(settings.topics)
     topic_names = {t.id: t.name for t in settings.topics}
-    stats = RunStats(run_id=run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6])
+    stats = RunStats(run_id=run_id)
     stats.database = str(settings.db_path)
     now = datetime.now(UTC)
     with open_store(settings.db_path) as store:
@@ -235,6 +293,7 @@ def ingest(config_dir: str, progress: Progress | None = None, run_id: str | None
         progress("discover", 0, len(settings.sources))
         docs = discover(settings, store.source_states(), now)
         _record_polls(store, docs, stats, now, settings.monitor.schedule.interval_minutes or 30)
+        stats.alerts_queued += _source_health_alerts(store, settings)
         progress("discover", len(settings.sources), len(settings.sources))
         links = sources.dedupe_links(ln for d in docs for ln in d.links)
         known = store.known_article_ids(ln.article_id for ln in links)
@@ -263,7 +322,10 @@ def ingest(config_dir: str, progress: Progress | None = None, run_id: str | None
         stats.dashboard = dashboard(settings, store)
         stats.seconds = round(time.monotonic() - started, 2)
         store.finish_run(stats.run_id, "ok", stats.as_dict())
-    return stats.as_dict()
+        out = stats.as_dict()
+        out["snapshot"] = str(publish_from(store.con, settings.db_path).path)
+        breakdown = run_breakdown(store.con, stats.run_id)
+    return out, breakdown
 
 
 def _count_batch(stats: RunStats, arts: list[Article], fetched: list[Any], counts: dict[str, int]) -> None:

@@ -21,6 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Watch news sources and tell analysts what is new about the stories they track.")
 topics_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help="Check and try topic queries.")
 app.add_typer(topics_app, name="topics")
+alerts_app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, help="Try alert channels.")
+app.add_typer(alerts_app, name="alerts")
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
@@ -98,6 +100,9 @@ def run_cycle(config: Path, fmt: str, log_dir: Path | None = None) -> dict[str, 
 
     with progress_reporter(fmt == "table" and sys.stderr.isatty()) as report:
         stats = run_once(str(config), progress=report)
+    if stats.get("skipped") and fmt != "json":
+        err_console.print(stats["skipped"], markup=False)
+        return stats
     print_summary(stats, fmt)
     return stats
 
@@ -144,6 +149,26 @@ def check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         raise typer.Exit(2)
     console.print(f"ok: {len(settings.sources)} sources, {len(settings.topics)} topics, "
                   f"{len(settings.monitor.alerts.channels)} alert channels")
+
+
+@alerts_app.command("test")
+def alerts_test(channel: Annotated[str, typer.Argument(help="A channel name from [[alerts.channels]]")],
+                config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Send a sample message to one channel and print the service's answer (the URL stays masked)."""
+    from monitor.alerts import send_test
+    from monitor.config import load_settings
+    from monitor.errors import mask_url
+
+    try:
+        settings = load_settings(config)
+        ch = next((c for c in settings.monitor.alerts.channels if c.name == channel), None)
+        answer = send_test(settings.monitor.alerts, channel)
+    except MonitorError as exc:
+        fail(exc)
+        return
+    where = mask_url(ch.url) if ch else "?"
+    console.print(mask_secrets(f"{channel} ({ch.type if ch else '?'}, {where}): HTTP {answer.status} "
+                               f"{answer.text}"), markup=False, highlight=False)
 
 
 @topics_app.command("check")
@@ -206,19 +231,244 @@ def _load_article(target: str, settings: Any) -> tuple[str | None, str | None, s
 
 @app.command()
 def dashboard(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Render the dashboard HTML from the database."""
+    """Render the dashboard HTML from the analyst snapshot (never blocks a running cycle)."""
     from monitor.config import load_settings
     from monitor.dashboard import render_dashboard
-    from monitor.store import open_store
+    from monitor.query import AnalystSession
 
     try:
         settings = load_settings(config)
-        with open_store(settings.db_path, read_only=True) as store:
-            out = render_dashboard(store.con, settings.resolve(settings.monitor.dashboard.path))
+        with AnalystSession(settings.db_path) as session:
+            out = render_dashboard(session.con, settings.resolve(settings.monitor.dashboard.path),
+                                   days=settings.monitor.dashboard.days)
     except MonitorError as exc:
         fail(exc)
         return
     console.print(f"dashboard: {out}")
+
+
+# ---- serve, sql, search, status (issue 8) ------------------------------------------------------
+
+SqlFormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | json | parquet")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write the export to this file")]
+DbOpt = Annotated[Path | None, typer.Option("--db", envvar="MONITOR_DB",
+                                            help="The pipeline database (default: storage.path in monitor.toml)")]
+
+
+def analyst_db(config: Path, db: Path | None) -> tuple[Path, Path | None]:
+    """(database path, config folder) for read-only commands.
+
+    Analysts need only the storage path: when the config cannot be fully loaded (a webhook secret
+    that only the scheduler's environment has), `storage.path` is read from monitor.toml as written."""
+    import tomllib
+
+    from monitor.config import load_settings
+
+    if db is not None:
+        return db.expanduser().resolve(), config if config.is_dir() else None
+    try:
+        settings = load_settings(config)
+        return settings.db_path, settings.config_dir
+    except ConfigError as exc:
+        try:
+            raw = tomllib.loads((config / "monitor.toml").read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            raise exc from None
+        path = str(raw.get("storage", {}).get("path", "data/monitor.duckdb"))
+        if "${" in path:
+            raise exc from None
+        return Path(path).expanduser().resolve(), config.resolve()
+
+
+@app.command()
+def serve(config: ConfigOpt = DEFAULT_CONFIG,
+          interval_seconds: Annotated[int | None, typer.Option(
+              "--interval-seconds", help="Override the schedule: every N seconds (tests, demos)")] = None,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Prefect logs to the log file only")] = False,
+          ) -> None:
+    """Serve the ingest (and digest) flows on the schedule in monitor.toml (needs a Prefect server)."""
+    from monitor.config import load_settings
+
+    try:
+        settings = load_settings(config)
+        if quiet:
+            quiet_prefect(settings.db_path.parent / "logs")
+        from flows.serve import serve_monitor
+
+        serve_monitor(config, interval_seconds=interval_seconds, announce=err_console.print)
+    except MonitorError as exc:
+        fail(exc)
+
+
+def _result_table(result: Any) -> Table:
+    table = Table(show_lines=False)
+    for col in result.columns:
+        table.add_column(col, overflow="fold", max_width=60)
+    for row in result.rows():
+        table.add_row(*("" if v is None else mask_secrets(str(v))[:300] for v in row))
+    return table
+
+
+def _emit(result: Any, fmt: str, output: Path | None, what: str) -> None:
+    from monitor.query import FORMATS, write_result
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
+    if fmt == "table":
+        console.print(_result_table(result))
+    elif output is not None:
+        with output.open("wb") as fh:
+            write_result(result, fmt, fh)
+    elif fmt == "parquet":
+        raise typer.BadParameter("parquet needs --output FILE")
+    else:
+        write_result(result, fmt, sys.stdout.buffer)
+        sys.stdout.flush()
+    cap = " (row cap reached: raise it with --max-rows)" if result.truncated else ""
+    where = f" -> {output}" if output else ""
+    if fmt == "table" or output is not None:
+        err_console.print(f"{result.table.num_rows} {what}{cap} in {result.seconds} s{where}", markup=False)
+
+
+@app.command()
+def sql(query: Annotated[str | None, typer.Argument(
+            help="SQL, or the name of a query in dashboards/ or config/queries/; none: interactive prompt")] = None,
+        config: ConfigOpt = DEFAULT_CONFIG, fmt: SqlFormatOpt = "table", output: OutputOpt = None,
+        max_rows: Annotated[int, typer.Option("--max-rows", help="Row cap (0: none)")] = 10_000,
+        timeout: Annotated[float, typer.Option("--timeout", help="Time limit per query, seconds")] = 60.0,
+        list_queries: Annotated[bool, typer.Option("--list", help="List the named queries")] = False,
+        db: DbOpt = None) -> None:
+    """Read-only SQL on the analyst snapshot (it never blocks a running cycle)."""
+    from monitor.query import AnalystSession, describe_queries, query_dirs, repl, resolve
+
+    try:
+        db_path, config_dir = analyst_db(config, db)
+        dirs = query_dirs(config_dir)
+        if list_queries:
+            for name, title, path in describe_queries(dirs):
+                console.print(f"{name:<24} {title}  [dim]{path}[/dim]")
+            return
+        with AnalystSession(db_path, max_rows=max_rows, timeout_s=timeout) as session:
+            if query is None:
+                _interactive(session, dirs, repl)
+                return
+            _emit(session.query(resolve(query, dirs)), fmt, output, "rows")
+    except MonitorError as exc:
+        fail(exc)
+
+
+def _interactive(session: Any, dirs: Any, repl: Any) -> None:
+    import contextlib
+
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+
+    def show(result: Any) -> None:
+        _emit(result, "table", None, "rows")
+
+    repl(session, input, show, lambda text: err_console.print(text, markup=False), dirs)
+
+
+@app.command()
+def search(text: Annotated[str, typer.Argument(help="Words to find (BM25 ranking; accents and case ignored)")],
+           config: ConfigOpt = DEFAULT_CONFIG,
+           lang: Annotated[str | None, typer.Option("--lang", help="Only articles in this language")] = None,
+           limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+           fmt: SqlFormatOpt = "table", output: OutputOpt = None, db: DbOpt = None) -> None:
+    """Full-text search over stored articles (DuckDB fts, on the analyst snapshot)."""
+    from monitor.query import AnalystSession
+    from monitor.query import search as run_search
+
+    try:
+        db_path, _ = analyst_db(config, db)
+        with AnalystSession(db_path) as session:
+            _emit(run_search(session, text, lang=lang, limit=limit), fmt, output, "articles")
+    except MonitorError as exc:
+        fail(exc)
+
+
+@app.command()
+def status(config: ConfigOpt = DEFAULT_CONFIG,
+           last: Annotated[int, typer.Option("--last", "-n", help="How many runs")] = 10,
+           fmt: FormatOpt = "table", db: DbOpt = None) -> None:
+    """Last runs and source health (from the analyst snapshot), and whether a run is in flight.
+
+    Exit code 1 when the last run failed or a source is failing (for scripts: `--format quiet`)."""
+    from dataclasses import asdict
+
+    from monitor.ops import read_status
+    from monitor.query import AnalystSession
+    from monitor.snapshot import snapshot_path
+
+    try:
+        db_path, _ = analyst_db(config, db)
+        with AnalystSession(db_path) as session:
+            st = read_status(session.con, db_path, snapshot_path(db_path), last)
+    except MonitorError as exc:
+        fail(exc)
+        return
+    if fmt == "json":
+        console.print_json(json.dumps(asdict(st), default=str))
+    elif fmt != "quiet":
+        _print_status(st)
+    unhealthy = (st.runs and st.runs[0]["status"] == "failed") or any(
+        (s["consecutive_failures"] or 0) > 0 for s in st.sources)
+    if unhealthy:
+        raise typer.Exit(1)
+
+
+def _print_status(st: Any) -> None:
+    flight = f"a run is in flight ({st.in_flight.describe()})" if st.in_flight else "no run in flight"
+    console.print(f"{flight}; snapshot published {st.snapshot_published or 'never'}", markup=False)
+    runs = Table(title="Last runs", title_justify="left")
+    for col in ("run", "started", "status", "seconds", "stored", "failed", "developments", "alerts sent"):
+        runs.add_column(col)
+    for r in st.runs:
+        runs.add_row(r["run_id"], f"{r['started_at']:%Y-%m-%d %H:%M:%S}" if r["started_at"] else "",
+                     r["status"] or "", str(r["seconds"] or ""), str(r["articles_stored"]), str(r["failed"]),
+                     str(r["developments"]), str(r["alerts_sent"] if r["alerts_sent"] is not None else ""))
+    console.print(runs)
+    health = Table(title="Source health", title_justify="left")
+    for col in ("source", "last success", "last new article", "failures", "polls", "avg ms", "last error"):
+        health.add_column(col)
+    for s in st.sources:
+        health.add_row(s["id"], f"{s['last_success']:%Y-%m-%d %H:%M}" if s["last_success"] else "never",
+                       f"{s['last_new_article']:%Y-%m-%d %H:%M}" if s["last_new_article"] else "never",
+                       str(s["consecutive_failures"] or 0), str(s["polls"] or 0),
+                       str(s["avg_latency_ms"] or ""), mask_secrets(s["last_error"] or "")[:60])
+    console.print(health)
+
+
+def _stored_flow(name: str, config: Path, fmt: str) -> None:
+    """Run flows/reprocess.py's `reprocess` or `retag` on the configured database (no fetching)."""
+    from monitor.config import load_settings
+
+    try:
+        settings = load_settings(config)
+        quiet_prefect(settings.db_path.parent / "logs")
+        from flows import reprocess as flows_reprocess
+
+        stats = getattr(flows_reprocess, name)(str(config))
+    except MonitorError as exc:
+        fail(exc)
+        return
+    if fmt == "json":
+        console.print_json(json.dumps(stats, default=str))
+    elif fmt != "quiet":
+        for key, value in stats.items():
+            console.print(f"{key}: {value}", markup=False)
+
+
+@app.command()
+def reprocess(config: ConfigOpt = DEFAULT_CONFIG, fmt: FormatOpt = "table") -> None:
+    """Re-extract stored articles from their stored HTML, re-tag and re-detect (no fetching)."""
+    _stored_flow("reprocess", config, fmt)
+
+
+@app.command()
+def retag(config: ConfigOpt = DEFAULT_CONFIG, fmt: FormatOpt = "table") -> None:
+    """Re-evaluate the current topics on stored articles; log topics added/removed in retag_log."""
+    _stored_flow("retag", config, fmt)
 
 
 def main() -> None:

@@ -108,6 +108,57 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             FROM sources;
         """,
     ),
+    # 20–29: extraction, reprocess and retag (extract.py, flows/reprocess.py)
+    (
+        20,
+        "retag log",
+        """
+        CREATE TABLE retag_log (
+            run_id VARCHAR, logged_at TIMESTAMPTZ, article_id VARCHAR, topic VARCHAR,
+            change VARCHAR NOT NULL, score DOUBLE
+        );
+        """,
+    ),
+    # 40–49: alerts (alerts.py)
+    (
+        40,
+        "alert digests",
+        """
+        ALTER TABLE alerts ADD COLUMN digest_id VARCHAR;
+        CREATE TABLE alert_digests (
+            id VARCHAR PRIMARY KEY, channel VARCHAR NOT NULL, period_start TIMESTAMPTZ,
+            period_end TIMESTAMPTZ, state VARCHAR NOT NULL, attempts INTEGER DEFAULT 0,
+            last_error VARCHAR, next_attempt_at TIMESTAMPTZ, created_at TIMESTAMPTZ, sent_at TIMESTAMPTZ,
+            alerts INTEGER
+        );
+        """,
+    ),
+    # 50–59: analyst SQL and operations (snapshot.py, query.py, ops.py)
+    (
+        50,
+        "search index state",
+        """
+        CREATE TABLE search_index_state (
+            articles BIGINT, newest TIMESTAMPTZ, built_at TIMESTAMPTZ, seconds DOUBLE
+        );
+        """,
+    ),
+    (
+        51,
+        "run history view",
+        """
+        CREATE VIEW run_history AS
+            SELECT r.id AS run_id, r.started_at, r.finished_at, r.status,
+                   round(epoch(r.finished_at - r.started_at), 1) AS seconds,
+                   (SELECT count(*) FROM articles a WHERE a.run_id = r.id) AS articles_stored,
+                   (SELECT count(*) FROM articles a WHERE a.run_id = r.id AND a.status = 'failed') AS failed,
+                   (SELECT count(*) FROM development_events d WHERE d.run_id = r.id) AS developments,
+                   TRY_CAST(json_extract_string(r.stats, '$.alerts_sent') AS INTEGER) AS alerts_sent,
+                   json_extract_string(r.stats, '$.error') AS error
+            FROM runs r
+            ORDER BY r.started_at DESC;
+        """,
+    ),
 ]
 
 
@@ -408,12 +459,13 @@ class Store:
             "kind": [r["kind"] for r in rows],
             "payload": [json.dumps(r["payload"], ensure_ascii=False) for r in rows],
             "queued_at": [now] * len(rows),
+            "state": [r.get("state", "pending") for r in rows],  # `held`: waits for the channel's digest
         })
         before = self._count("alerts")
         self.con.execute(
             "INSERT OR IGNORE INTO alerts (id, development_id, channel, kind, state, attempts, "
             "next_attempt_at, created_at, payload) "
-            "SELECT id, development_id, channel, kind, 'pending', 0, queued_at, queued_at, payload::JSON FROM tbl"
+            "SELECT id, development_id, channel, kind, state, 0, queued_at, queued_at, payload::JSON FROM tbl"
         )
         return self._count("alerts") - before
 
@@ -438,6 +490,78 @@ class Store:
             "sent_at = CASE WHEN ? = 'sent' THEN now() ELSE sent_at END WHERE id = ?",
             [state, error, next_attempt_at, state, alert_id],
         )
+
+    # ---- alert digests (an alert in a digest: state `held`, then `digest` with digest_id) ---------
+    def oldest_held(self, channel: str) -> datetime | None:
+        return self.scalar("SELECT min(created_at) FROM alerts WHERE channel = ? AND state = 'held'", [channel])
+
+    def last_digest_end(self, channel: str) -> datetime | None:
+        return self.scalar("SELECT max(period_end) FROM alert_digests WHERE channel = ?", [channel])
+
+    def open_digest(self, channel: str) -> dict[str, Any] | None:
+        """The channel's digest that was recorded but not yet delivered, if any."""
+        row = self.con.execute(
+            "SELECT id, period_start, period_end, attempts, next_attempt_at FROM alert_digests "
+            "WHERE channel = ? AND state = 'pending' ORDER BY created_at LIMIT 1", [channel]).fetchone()
+        return self._digest(row) if row else None
+
+    def create_digest(self, channel: str, now: datetime) -> dict[str, Any] | None:
+        """Tie every held alert of the channel to a new digest row (one transaction)."""
+        import hashlib
+
+        did = hashlib.sha1(f"digest|{channel}|{now.isoformat()}".encode()).hexdigest()[:20]
+        with self.transaction():
+            start = self.last_digest_end(channel) or self.oldest_held(channel)
+            ids = [r[0] for r in self.con.execute(
+                "SELECT id FROM alerts WHERE channel = ? AND state = 'held' AND created_at <= ?",
+                [channel, now]).fetchall()]
+            if ids:
+                self.con.execute(
+                    "INSERT INTO alert_digests (id, channel, period_start, period_end, state, attempts, "
+                    "next_attempt_at, created_at, alerts) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+                    [did, channel, start, now, now, _now(), len(ids)])
+                tbl = pa.table({"id": ids})  # noqa: F841
+                self.con.execute("UPDATE alerts SET state = 'digest', digest_id = ? "
+                                 "WHERE id IN (SELECT id FROM tbl)", [did])
+        if not ids:
+            return None
+        row = self.con.execute("SELECT id, period_start, period_end, attempts, next_attempt_at "
+                               "FROM alert_digests WHERE id = ?", [did]).fetchone()
+        return self._digest(row) if row else None
+
+    def _digest(self, row: Sequence[Any]) -> dict[str, Any]:
+        items = [json.loads(r[0]) for r in self.con.execute(
+            "SELECT payload FROM alerts WHERE digest_id = ? "
+            "ORDER BY created_at, json_extract_string(payload, '$.published'), id", [row[0]]).fetchall()]
+        start, end = row[1], row[2]
+        period = f"{start:%Y-%m-%d %H:%M}–{end:%Y-%m-%d %H:%M} UTC" if start and end else ""
+        return {"id": row[0], "period": period, "attempts": row[3], "next_attempt_at": row[4], "items": items}
+
+    def mark_digest(self, digest_id: str, state: str, *, error: str | None = None,
+                    next_attempt_at: datetime | None = None) -> None:
+        """Record a digest's outcome and, when final, its alerts' (one transaction)."""
+        with self.transaction():
+            self.con.execute(
+                "UPDATE alert_digests SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = coalesce(?, next_attempt_at), "
+                "sent_at = CASE WHEN ? = 'sent' THEN now() ELSE sent_at END WHERE id = ?",
+                [state, error, next_attempt_at, state, digest_id])
+            if state != "pending":
+                self.con.execute(
+                    "UPDATE alerts SET state = ?, attempts = attempts + 1, last_error = ?, "
+                    "sent_at = CASE WHEN ? = 'sent' THEN now() ELSE sent_at END WHERE digest_id = ?",
+                    [state, error, state, digest_id])
+
+    def source_health_changes(self, failing_after: int) -> list[dict[str, Any]]:
+        """Sources that reached `failing_after` consecutive failures unannounced, or recovered after an alert."""
+        rows = self.con.execute(
+            "SELECT id, coalesce(name, id), url, consecutive_failures, last_error, last_success, "
+            "coalesce(failing_alerted, false) FROM sources "
+            "WHERE (consecutive_failures >= ? AND NOT coalesce(failing_alerted, false)) "
+            "OR (consecutive_failures = 0 AND coalesce(failing_alerted, false)) ORDER BY id",
+            [failing_after]).fetchall()
+        return [{"source_id": r[0], "name": r[1], "url": r[2], "failures": r[3], "last_error": r[4],
+                 "last_success": r[5], "recovered": bool(r[6])} for r in rows]
 
     # ---- runs ---------------------------------------------------------------------------
     def start_run(self, run_id: str) -> None:
