@@ -27,7 +27,7 @@ from monitor.models import Article, Link, RunStats, SourceDocResult
 from monitor.ops import LockHolder, run_breakdown, run_lock, run_markdown
 from monitor.snapshot import publish_from
 from monitor.store import Store, open_store
-from monitor.topics import TopicSet
+from monitor.topics import TopicSet, explain_text
 
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
@@ -162,7 +162,9 @@ def detect_and_store(settings: Settings, store: Store, run_id: str, articles: li
     items = [novelty.NoveltyItem(a, topics_of.get(a.id, [])) for a in articles]
     outlets = {s.id: s.outlet_id for s in settings.sources}
     result = novelty.detect(items, store.window_entries(since), store.window_stories(since), cfg, outlets)
-    contexts = [_alert_context(store, d, articles, topic_names) for d in result.developments]
+    why = {(m.article_id, m.topic): explain_text(m.explanation) for m in matches}
+    contexts = [_alert_context(store, d, articles, topic_names, why.get((d.article_id, d.topic), ""))
+                for d in result.developments]
     with store.transaction():
         stored = store.write_articles(articles, run_id, settings.monitor.storage.store_html)
         store.write_topic_matches([m for m in matches
@@ -175,7 +177,7 @@ def detect_and_store(settings: Settings, store: Store, run_id: str, articles: li
             "tagged": len({m.article_id for m in matches})}
 
 
-def _alert_context(store: Store, d: Any, batch: list[Article], topic_names: dict[str, str]) -> Any:
+def _alert_context(store: Store, d: Any, batch: list[Article], topic_names: dict[str, str], why: str) -> Any:
     art = next(a for a in batch if a.id == d.article_id)
     rows = store.con.execute(
         "SELECT count(*), list(DISTINCT lang ORDER BY lang) FROM articles WHERE story_id = ?", [d.story_id]
@@ -187,7 +189,7 @@ def _alert_context(store: Store, d: Any, batch: list[Article], topic_names: dict
     return alerts.AlertContext(development=d, topic_name=topic_names.get(d.topic, d.topic),
                                outlet=outlet or art.source_id, published=art.published,
                                earlier_reports=(rows[0] if rows else 0) + len(batch_same),
-                               languages=langs, explanation="")
+                               languages=langs, explanation=why)
 
 
 @task(name="deliver-alerts", cache_policy=NONE)
@@ -306,13 +308,23 @@ def _cycle(settings: Settings, progress: Progress | None,
         done = 0
         progress("articles", 0, len(new_links))
         with extraction_pool(settings.monitor.extract.workers if new_links else 0) as pool:
-            for batch in _chunks(new_links, settings.monitor.fetch.batch_size):
-                fetched = fetch_batch(settings, batch)
-                arts, matches = extract_and_tag(settings, topics, batch, fetched, pool)
-                counts = detect_and_store(settings, store, stats.run_id, arts, matches, topic_names)
-                _count_batch(stats, arts, fetched, counts)
-                done += len(batch)
-                progress("articles", done, len(new_links))
+            # Pipelined so the extraction workers never wait: while batch k is extracted (its task in a
+            # thread), batch k+1 is fetched and queued for extraction and batch k-1 is detected and
+            # stored. Detect/store still runs one batch at a time, in order, in this thread.
+            batches = list(_chunks(new_links, settings.monitor.fetch.batch_size))
+            inflight: list[tuple[Sequence[Link], list[Any], Any]] = []
+            fetched_next = fetch_batch(settings, batches[0]) if batches else []
+            for k, batch in enumerate(batches):
+                fetched = fetched_next
+                inflight.append((batch, fetched, extract_and_tag.submit(settings, topics, batch, fetched, pool)))
+                fetched_next = fetch_batch(settings, batches[k + 1]) if k + 1 < len(batches) else []
+                while inflight and (len(inflight) > 1 or k + 1 == len(batches)):
+                    done_batch, done_fetched, fut = inflight.pop(0)
+                    arts, matches = fut.result()
+                    counts = detect_and_store(settings, store, stats.run_id, arts, matches, topic_names)
+                    _count_batch(stats, arts, done_fetched, counts)
+                    done += len(done_batch)
+                    progress("articles", done, len(new_links))
         for sid, s in stats.sources.items():
             if s.stored:
                 store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])

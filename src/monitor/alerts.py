@@ -245,8 +245,11 @@ def _meta(f: dict[str, Any]) -> str:
 
 
 def _earlier(f: dict[str, Any]) -> str:
+    """Earlier reports of the story, then why the article matched its topic (the topic's explanation)."""
     langs = ", ".join(f.get("languages") or [])
-    return f"{f.get('earlier_reports', 0)} earlier report(s)" + (f" in {langs}" if langs else "")
+    line = f"{f.get('earlier_reports', 0)} earlier report(s)" + (f" in {langs}" if langs else "")
+    why = f.get("explanation") or ""
+    return line + (f"\nWhy: {cut(why, 280)}" if why else "")
 
 
 # ---- one alert per service ----------------------------------------------------------------------
