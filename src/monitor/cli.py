@@ -82,12 +82,21 @@ def print_summary(stats: dict[str, Any], fmt: str) -> None:
     console.print(f"dashboard: {stats['dashboard']}")
 
 
+def error_line(exc: BaseException) -> str:
+    """One terminal line for an error: OS errors name the path they hit; secrets are masked."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return "error: " + mask_secrets(" ".join(text.splitlines()))
+
+
 def fail(exc: BaseException) -> None:
     if os.environ.get("MONITOR_DEBUG"):
         import traceback
 
         traceback.print_exception(exc)
-    typer.echo(f"error: {mask_secrets(str(exc))}", err=True)
+    typer.echo(error_line(exc), err=True)
     raise typer.Exit(2 if isinstance(exc, ConfigError) else 1)
 
 
@@ -477,6 +486,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except OSError as exc:  # a data or log folder that is full, read-only or not a folder
+        try:
+            fail(exc)
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

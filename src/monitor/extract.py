@@ -1,16 +1,21 @@
 """Extraction: raw page bytes in, article fields out. Never fetches.
 
 trafilatura runs on the response *bytes* (it detects the encoding itself), comments excluded, with
-metadata. When it returns little, the page's own JSON-LD `articleBody`, then `og:description`, then
-the feed entry's summary are tried, and `extractor` records which path produced the text. The
-language comes from py3langid on the text (the page's `lang` attribute is a hint only). Work runs
-in worker processes with a per-document time limit; caches are reset between batches.
+metadata, first in precision mode; when that yields fewer than PRECISION_FALLBACK_WORDS words it runs
+again in its balanced mode. When the text is still short, the page's own JSON-LD `articleBody`, then
+`og:description`, then the feed entry's summary are tried; a JSON-LD `articleBody` at least
+STRUCTURED_RATIO times longer than the extracted text replaces it (the extractor cut the article).
+`extractor` records which path produced the text. Thresholds were chosen by measurement on the
+evaluation pages (bench/extraction.py, docs/extraction.md). The language comes from py3langid on the
+text (the page's `lang` attribute is a hint only). Work runs in worker processes with a per-document
+time limit; caches are reset between batches.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import signal
 import unicodedata
@@ -22,14 +27,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import multiprocessing
-
 import zstandard
 
 from monitor.models import ArticleStatus
 
 HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "")
 EARLIEST_DATE = datetime(1995, 1, 1, tzinfo=UTC)
+# precision mode first: +0.009 F1 on scrapinghub-aeb; it sometimes keeps only a fragment, and rerunning
+# in balanced mode below 40 words recovers those pages (plateau 25-60 words, docs/extraction.md)
+PRECISION_FALLBACK_WORDS = 40
+# JSON-LD articleBody replaces an extraction it is at least twice as long as (>= 1.5 measured the same)
+STRUCTURED_RATIO = 2.0
 
 
 @dataclass(slots=True)
@@ -85,6 +93,16 @@ def detect_language(text: str, hint: str | None = None) -> tuple[str | None, flo
 
 
 _WS = re.compile(r"\s+")
+# Chinese and Japanese are written without spaces: about two such characters make a word
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def count_words(text: str) -> int:
+    """Whitespace words, with runs of CJK characters counted at two characters a word."""
+    cjk = len(_CJK.findall(text))
+    if not cjk:
+        return len(text.split())
+    return len(_CJK.sub(" ", text).split()) + (cjk + 1) // 2
 
 
 def normalise_for_hash(text: str) -> str:
@@ -159,18 +177,30 @@ def plausible_date(dt: datetime | None, now: datetime) -> tuple[datetime | None,
     return dt, None
 
 
-def extract_one(item: ExtractInput, min_words: int = 40, now: datetime | None = None) -> ExtractOutput:
-    """Turn one fetched page into article fields; every outcome is a status, never an exception."""
+def _trafilatura(content: bytes, url: str, *, precision: bool) -> Any:
     import trafilatura
 
+    return trafilatura.bare_extraction(content, url=url, include_comments=False, with_metadata=True,
+                                       include_tables=True, favor_precision=precision)
+
+
+def _words(doc: Any) -> int:
+    return count_words(doc.text or "") if doc is not None else 0
+
+
+def extract_one(item: ExtractInput, min_words: int = 40, now: datetime | None = None) -> ExtractOutput:
+    """Turn one fetched page into article fields; every outcome is a status, never an exception."""
     now = now or datetime.now(UTC)
     ctype = (item.content_type or "").split(";")[0].strip().lower()
     if ctype not in HTML_TYPES or _looks_binary(item.content):
         return ExtractOutput(url=item.url, status="not_article",
                              status_reason=f"content type {ctype or 'binary'} is not HTML")
-    doc = trafilatura.bare_extraction(item.content, url=item.url, include_comments=False,
-                                      with_metadata=True, include_tables=True)
-    out = ExtractOutput(url=item.url, status="ok", extractor="trafilatura")
+    doc, out = _trafilatura(item.content, item.url, precision=True), ExtractOutput(
+        url=item.url, status="ok", extractor="trafilatura")
+    if _words(doc) < PRECISION_FALLBACK_WORDS:
+        balanced = _trafilatura(item.content, item.url, precision=False)
+        if _words(balanced) > _words(doc):
+            doc, out.extractor = balanced, "trafilatura-balanced"
     text = ""
     if doc is not None:
         text = (doc.text or "").strip()
@@ -179,15 +209,20 @@ def extract_one(item: ExtractInput, min_words: int = 40, now: datetime | None = 
         out.canonical_url = doc.url if doc.url and doc.url != item.url else None
         out.categories = [c for c in (doc.categories or []) + (doc.tags or []) if c]
         out.published = _parse_date(doc.date)
-    words = len(text.split())
+    words = count_words(text)
+    structured = _jsonld_body(item.content)
+    if structured and count_words(structured) >= STRUCTURED_RATIO * max(words, 1) and words >= min_words:
+        text, words, out.extractor = structured, count_words(structured), "json-ld"
     if words < min_words:
-        for name, candidate in (("json-ld", _jsonld_body(item.content)),
+        for name, candidate in (("json-ld", structured),
                                 ("og:description", _meta_content(item.content, "og:description")),
                                 ("feed-summary", item.feed_summary)):
-            if candidate and len(candidate.split()) > words:
-                text, words, out.extractor = candidate.strip(), len(candidate.split()), name
+            if candidate and count_words(candidate) > words:
+                text, words, out.extractor = candidate.strip(), count_words(candidate), name
             if words >= min_words:
                 break
+    if structured and out.extractor != "json-ld" and normalise_for_hash(text) == normalise_for_hash(structured):
+        out.extractor = "json-ld"  # trafilatura's own baseline read it from the JSON-LD
     out.title = out.title or item.feed_title or _meta_content(item.content, "og:title")
     out.published, reason = plausible_date(out.published, now)
     if reason:

@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from monitor.config import StorageConfig
 from monitor.errors import StoreError
 from monitor.models import Article, Development, TopicMatch
 
@@ -159,6 +160,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             ORDER BY r.started_at DESC;
         """,
     ),
+    # 60–69: novelty candidate indexes (novelty.py). Rows are appended in (roughly) time order, so
+    # `first_seen`/`seen` zonemaps prune lookups to the window. Bands: 5 bands of 11 MinHash values
+    # (44 bytes of the stored 64 × uint32 signature), keyed by the md5 of the band's bytes.
+    (
+        60,
+        "novelty candidate indexes",
+        """
+        CREATE TABLE article_facts (fact VARCHAR, article_id VARCHAR, story_id VARCHAR, first_seen TIMESTAMPTZ);
+        CREATE TABLE article_bands (band UTINYINT, hash UBIGINT, article_id VARCHAR, first_seen TIMESTAMPTZ);
+        CREATE TABLE story_facts (fact VARCHAR, story_id VARCHAR, seen TIMESTAMPTZ);
+        INSERT INTO article_facts
+            SELECT unnest(facts), article_id, story_id, first_seen FROM article_signatures ORDER BY first_seen;
+        INSERT INTO article_bands
+            SELECT r.b, md5_number_lower(s.minhash[r.b * 44 + 1:r.b * 44 + 44]), s.article_id, s.first_seen
+            FROM article_signatures s CROSS JOIN range(5) r(b)
+            WHERE octet_length(s.minhash) >= 220 ORDER BY s.first_seen;
+        INSERT INTO story_facts SELECT unnest(facts), id, last_seen FROM stories ORDER BY last_seen;
+        """,
+    ),
 ]
 
 
@@ -207,19 +227,53 @@ class StoryRow:
     dev_facts: list[str] = field(default_factory=list)
 
 
+# MinHash LSH layout of article_bands (migration 60): datasketch's optimum for Jaccard 0.8 with 64
+# permutations. A band key is the md5 of the band's 44 bytes of the stored signature.
+LSH_BANDS, LSH_ROWS = 5, 11
+_BAND_KEY = "md5_number_lower({m}[r.b * 44 + 1:r.b * 44 + 44])"
+
+
+@dataclass(slots=True)
+class CandidateQuery:
+    """What one batch looks up: its keys and the time ranges each kind of candidate matters in."""
+
+    since: datetime  # window start
+    echo_since: datetime  # article-level fact candidates only matter from here (echo test) ...
+    until: datetime  # ... to the batch's latest event time
+    surge_since: datetime  # story sources before this are reduced to one row per source
+    hashes: list[str]
+    facts: list[str]
+    minhashes: list[bytes]
+
+
+@dataclass(slots=True)
+class NoveltyCandidates:
+    """The part of the window one batch needs (see Store.novelty_candidates)."""
+
+    entries: list[WindowEntry] = field(default_factory=list)
+    stories: list[StoryRow] = field(default_factory=list)
+    df: dict[str, int] = field(default_factory=dict)  # window document frequency of the batch's facts
+    n_docs: int = 0  # signatures in the window
+    # (story_id, first_seen, source_id) of the candidate stories' window articles
+    story_sources: list[tuple[str, datetime, str]] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # rows each lookup returned
+
+
 class Store:
     """A connection to the DuckDB file plus the verbs the pipeline needs."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, lake: bool = False) -> None:
         self.con = con
         self.path = path
+        self.lake = lake  # a DuckLake store: no primary keys, so no INSERT OR IGNORE/REPLACE (see _insert_new)
 
     # ---- schema -------------------------------------------------------------------------
     def migrate(self) -> list[int]:
         """Apply the migrations not yet recorded; return the versions applied."""
+        pk = "" if self.lake else " PRIMARY KEY"
         self.con.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMPTZ)"
+            f"(version INTEGER{pk}, name VARCHAR, applied_at TIMESTAMPTZ)"
         )
         done = {r[0] for r in self.con.execute("SELECT version FROM schema_migrations").fetchall()}
         applied = []
@@ -227,7 +281,7 @@ class Store:
             if version in done:
                 continue
             with self.transaction():
-                self.con.execute(sql)
+                self.con.execute(_lake_ddl(sql) if self.lake else sql)
                 self.con.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, name, _now()]
                 )
@@ -248,6 +302,13 @@ class Store:
     def sync_sources(self, rows: Sequence[tuple[str, str, str, str | None]]) -> None:
         """Make the sources table list the configured sources (id, url, kind, name)."""
         for sid, url, kind, name in rows:
+            if self.lake:
+                self.con.execute(
+                    "MERGE INTO sources t USING (SELECT ? AS id, ? AS url, ? AS kind, ? AS name) n ON t.id = n.id "
+                    "WHEN MATCHED THEN UPDATE SET url = n.url, kind = n.kind, name = n.name "
+                    "WHEN NOT MATCHED THEN INSERT (id, url, kind, name) VALUES (n.id, n.url, n.kind, n.name)",
+                    [sid, url, kind, name])
+                continue
             self.con.execute(
                 "INSERT INTO sources (id, url, kind, name) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET url = excluded.url, kind = excluded.kind, "
@@ -334,36 +395,34 @@ class Store:
                     cols[k].append(run_id)
                 else:
                     cols[k].append(getattr(a, k))
-        tbl = pa.table(cols, schema=_ARTICLE_SCHEMA)  # noqa: F841
+        tbl = pa.table(cols, schema=_ARTICLE_SCHEMA)
         before = self._count("articles")
-        self.con.execute(f"INSERT OR IGNORE INTO articles ({', '.join(_ARTICLE_COLS)}) SELECT * FROM tbl")
+        self._insert_new("articles", ["id"], "SELECT * FROM tbl", f"({', '.join(_ARTICLE_COLS)})", data=tbl)
         if store_html:
             html = [(a.id, a.html) for a in articles if a.html]
             if html:
-                htbl = pa.table(  # noqa: F841
+                htbl = pa.table(
                     {"article_id": [h[0] for h in html], "codec": ["zstd"] * len(html),
                      "html": [h[1] for h in html]},
                     schema=pa.schema([("article_id", pa.string()), ("codec", pa.string()),
                                       ("html", pa.binary())]),
                 )
-                self.con.execute("INSERT OR IGNORE INTO article_html SELECT * FROM htbl")
+                self._insert_new("article_html", ["article_id"], "SELECT * FROM tbl", data=htbl)
         return self._count("articles") - before
 
     def write_topic_matches(self, matches: Sequence[TopicMatch]) -> None:
         if not matches:
             return
         now = _now()
-        tbl = pa.table({  # noqa: F841
+        tbl = pa.table({
             "article_id": [m.article_id for m in matches],
             "topic": [m.topic for m in matches],
             "score": [float(m.score) for m in matches],
             "explanation": [json.dumps(m.explanation, ensure_ascii=False) for m in matches],
             "tagged_at": [now] * len(matches),
         })
-        self.con.execute(
-            "INSERT OR REPLACE INTO article_topics "
-            "SELECT article_id, topic, score, explanation::JSON, tagged_at FROM tbl"
-        )
+        self._upsert("article_topics", ["article_id", "topic"],
+                     "SELECT article_id, topic, score, explanation::JSON AS explanation, tagged_at FROM tbl", tbl)
 
     def write_fetches(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
@@ -392,10 +451,94 @@ class Store:
                          json.loads(r[8]) if r[8] else {}, list(r[9] or []))
                 for r in rows]
 
+    def novelty_candidates(self, q: CandidateQuery) -> NoveltyCandidates:
+        """Only what a batch needs from the window, each part found through an index.
+
+        entries: window signatures sharing the batch's content hash or a MinHash band (article_bands),
+        or a fact key within the echo range (article_facts); stories: window stories holding one of
+        the batch's facts (story_facts); df/n_docs: counts over the window; story_sources: the
+        candidate stories' articles (before surge_since one row per source is enough).
+        """
+        n_docs = int(self.scalar("SELECT count(*) FROM article_signatures WHERE first_seen >= ?", [q.since]))
+        if not n_docs:
+            return NoveltyCandidates(rows={"entries": 0, "stories": 0, "df": 0, "story_sources": 0})
+        qh = pa.table({"h": sorted({h for h in q.hashes if h})}, schema=pa.schema([("h", pa.string())]))
+        qf = pa.table({"fact": sorted(set(q.facts))}, schema=pa.schema([("fact", pa.string())]))
+        qm = pa.table({"minhash": q.minhashes}, schema=pa.schema([("minhash", pa.binary())]))
+        with self._registered(qh=qh, qf=qf, qm=qm):
+            entries = self._candidate_entries(q)
+            df = dict(self.con.execute(
+                "SELECT fact, count(*) FROM article_facts WHERE first_seen >= ? AND fact IN (SELECT fact FROM qf) "
+                "GROUP BY fact", [q.since]).fetchall())
+            stories = self._candidate_stories(q.since)
+        sources = self._story_sources([s.id for s in stories], q.since, max(q.since, q.surge_since))
+        return NoveltyCandidates(
+            entries, stories, df, n_docs, sources,
+            rows={"entries": len(entries), "stories": len(stories), "df": len(df), "story_sources": len(sources)})
+
+    def _candidate_entries(self, q: CandidateQuery) -> list[WindowEntry]:
+        ids = self.con.execute(
+            f"""
+            WITH qb AS (SELECT DISTINCT r.b AS band, {_BAND_KEY.format(m='minhash')} AS hash
+                        FROM qm CROSS JOIN range({LSH_BANDS}) r(b))
+            SELECT article_id FROM article_signatures
+                WHERE first_seen >= $since AND content_hash IN (SELECT h FROM qh)
+            UNION
+            SELECT article_id FROM article_bands SEMI JOIN qb USING (band, hash) WHERE first_seen >= $since
+            UNION
+            SELECT article_id FROM article_facts
+                WHERE first_seen >= $echo_since AND first_seen <= $until AND fact IN (SELECT fact FROM qf)
+            """, {"since": q.since, "echo_since": max(q.since, q.echo_since), "until": q.until}).arrow()
+        with self._registered(ids=ids):
+            rows = self.con.execute(
+                "SELECT article_id, story_id, first_seen, content_hash, minhash, facts, source_id "
+                "FROM article_signatures SEMI JOIN ids USING (article_id) WHERE first_seen >= ? "
+                "ORDER BY first_seen, article_id", [q.since]).fetchall()
+        return [WindowEntry(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in rows]
+
+    def _candidate_stories(self, since: datetime) -> list[StoryRow]:
+        """Window stories holding one of the facts in the registered `qf`."""
+        rows = self.con.execute(
+            "SELECT id, title, first_seen, last_seen, first_article_id, topics, facts, surged, pending, dev_facts "
+            "FROM stories WHERE last_seen >= $since AND id IN (SELECT story_id FROM story_facts "
+            "WHERE seen >= $since AND fact IN (SELECT fact FROM qf)) ORDER BY first_seen, id",
+            {"since": since}).fetchall()
+        return [StoryRow(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), list(r[6] or []), bool(r[7]),
+                         json.loads(r[8]) if r[8] else {}, list(r[9] or []))
+                for r in rows]
+
+    def _story_sources(self, story_ids: list[str], since: datetime,
+                       surge_since: datetime) -> list[tuple[str, datetime, str]]:
+        if not story_ids:
+            return []
+        with self._registered(sids=pa.table({"id": story_ids}, schema=pa.schema([("id", pa.string())]))):
+            rows = self.con.execute(
+                """
+                SELECT story_id, first_seen, source_id FROM article_signatures
+                    WHERE first_seen >= $surge_since AND story_id IN (SELECT id FROM sids)
+                UNION ALL
+                SELECT story_id, max(first_seen), source_id FROM article_signatures
+                    WHERE first_seen >= $since AND first_seen < $surge_since AND story_id IN (SELECT id FROM sids)
+                    GROUP BY story_id, source_id
+                ORDER BY 1, 2, 3
+                """, {"since": since, "surge_since": surge_since}).fetchall()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    @contextmanager
+    def _registered(self, **tables: pa.Table) -> Iterator[None]:
+        """Arrow tables visible to SQL under their names for the duration of the block."""
+        for name, t in tables.items():
+            self.con.register(name, t)
+        try:
+            yield
+        finally:
+            for name in tables:
+                self.con.unregister(name)
+
     def write_signatures(self, entries: Sequence[WindowEntry]) -> None:
         if not entries:
             return
-        tbl = pa.table({  # noqa: F841
+        tbl = pa.table({
             "article_id": [e.article_id for e in entries],
             "story_id": [e.story_id for e in entries],
             "first_seen": [e.first_seen for e in entries],
@@ -404,12 +547,32 @@ class Store:
             "facts": [e.facts for e in entries],
             "source_id": [e.source_id for e in entries],
         }, schema=_SIG_SCHEMA)
-        self.con.execute("INSERT OR IGNORE INTO article_signatures SELECT * FROM tbl")
+        self._write_signature_indexes(tbl)
+
+    def _write_signature_indexes(self, tbl: pa.Table) -> None:
+        """Insert new signatures and their rows in article_facts/article_bands (derived from them)."""
+        if not self._count("article_signatures"):  # reprocess empties the signatures: the indexes follow
+            self.con.execute("DELETE FROM article_facts; DELETE FROM article_bands")
+        with self._registered(nsig=tbl):
+            if self.lake:
+                new = self.con.execute(
+                    "SELECT article_id FROM nsig ANTI JOIN article_signatures USING (article_id)").arrow()
+                self.con.execute("INSERT INTO article_signatures SELECT * FROM nsig SEMI JOIN new USING (article_id)")
+            else:
+                new = self.con.execute(
+                    "INSERT OR IGNORE INTO article_signatures SELECT * FROM nsig RETURNING article_id").arrow()
+            with self._registered(new=new):
+                self.con.execute("INSERT INTO article_facts SELECT unnest(facts), article_id, story_id, first_seen "
+                                 "FROM nsig SEMI JOIN new USING (article_id)")
+                self.con.execute(
+                    f"INSERT INTO article_bands SELECT r.b, {_BAND_KEY.format(m='t.minhash')}, t.article_id, "
+                    f"t.first_seen FROM nsig t SEMI JOIN new USING (article_id) CROSS JOIN range({LSH_BANDS}) r(b) "
+                    f"WHERE octet_length(t.minhash) >= {LSH_BANDS * LSH_ROWS * 4}")
 
     def upsert_stories(self, stories: Sequence[StoryRow]) -> None:
         if not stories:
             return
-        tbl = pa.table({  # noqa: F841
+        tbl = pa.table({
             "id": [s.id for s in stories],
             "title": [s.title for s in stories],
             "first_seen": [s.first_seen for s in stories],
@@ -421,12 +584,18 @@ class Store:
             "pending": [json.dumps(s.pending, ensure_ascii=False, sort_keys=True) for s in stories],
             "dev_facts": [sorted(s.dev_facts) for s in stories],
         }, schema=_STORY_SCHEMA)
-        self.con.execute("INSERT OR REPLACE INTO stories SELECT * REPLACE (pending::JSON AS pending) FROM tbl")
+        if not self._count("stories"):  # reprocess empties them: their index follows
+            self.con.execute("DELETE FROM story_facts")
+        self._upsert("stories", ["id"], "SELECT * REPLACE (pending::JSON AS pending) FROM tbl", tbl)
+        # every write of a story re-lists its facts at its last_seen, so a lookup over the window finds
+        # every story still in it by any of its facts (rows are appended in time order)
+        with self._registered(nstories=tbl):
+            self.con.execute("INSERT INTO story_facts SELECT unnest(facts), id, last_seen FROM nstories")
 
     def write_developments(self, devs: Sequence[Development], run_id: str) -> int:
         if not devs:
             return 0
-        tbl = pa.table({  # noqa: F841
+        tbl = pa.table({
             "id": [d.id for d in devs],
             "kind": [d.kind for d in devs],
             "story_id": [d.story_id for d in devs],
@@ -440,9 +609,10 @@ class Store:
             "run_id": [run_id] * len(devs),
         })
         before = self._count("development_events")
-        self.con.execute(
-            "INSERT OR IGNORE INTO development_events SELECT id, kind, story_id, topic, article_id, score,"
-            " what_is_new::JSON, compared_with::JSON, first_seen, source_id, run_id FROM tbl"
+        self._insert_new(
+            "development_events", ["id"], "SELECT id, kind, story_id, topic, article_id, score,"
+            " what_is_new::JSON AS what_is_new, compared_with::JSON AS compared_with, first_seen, source_id, run_id"
+            " FROM tbl", data=tbl
         )
         return self._count("development_events") - before
 
@@ -452,7 +622,7 @@ class Store:
         if not rows:
             return 0
         now = _now()
-        tbl = pa.table({  # noqa: F841
+        tbl = pa.table({
             "id": [r["id"] for r in rows],
             "development_id": [r.get("development_id") for r in rows],
             "channel": [r["channel"] for r in rows],
@@ -462,10 +632,10 @@ class Store:
             "state": [r.get("state", "pending") for r in rows],  # `held`: waits for the channel's digest
         })
         before = self._count("alerts")
-        self.con.execute(
-            "INSERT OR IGNORE INTO alerts (id, development_id, channel, kind, state, attempts, "
-            "next_attempt_at, created_at, payload) "
-            "SELECT id, development_id, channel, kind, state, 0, queued_at, queued_at, payload::JSON FROM tbl"
+        self._insert_new(
+            "alerts", ["id"], "SELECT id, development_id, channel, kind, state, 0 AS attempts, "
+            "queued_at AS next_attempt_at, queued_at AS created_at, payload::JSON AS payload FROM tbl",
+            "(id, development_id, channel, kind, state, attempts, next_attempt_at, created_at, payload)", data=tbl
         )
         return self._count("alerts") - before
 
@@ -565,14 +735,47 @@ class Store:
 
     # ---- runs ---------------------------------------------------------------------------
     def start_run(self, run_id: str) -> None:
-        self.con.execute("INSERT OR IGNORE INTO runs (id, started_at, status) VALUES (?, ?, 'running')",
-                         [run_id, _now()])
+        self._insert_new("runs", ["id"], "SELECT ? AS id, ? AS started_at, 'running' AS status",
+                         "(id, started_at, status)", [run_id, _now()])
 
     def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None:
         self.con.execute("UPDATE runs SET finished_at = ?, status = ?, stats = ?::JSON WHERE id = ?",
                          [_now(), status, json.dumps(stats), run_id])
 
     # ---- helpers ------------------------------------------------------------------------
+    def _insert_new(self, table: str, keys: Sequence[str], select: str, cols: str = "",
+                    params: Sequence[Any] = (), data: pa.Table | None = None) -> None:
+        """Insert the rows whose key is not stored yet: INSERT OR IGNORE on the file, an anti-join on a lake.
+
+        `data` is the Arrow table `select` reads as `tbl`."""
+        if not self.lake:
+            sql = f"INSERT OR IGNORE INTO {table} {cols} {select}"
+        else:
+            on = " AND ".join(f"t.{k} = n.{k}" for k in keys)
+            sql = (f"INSERT INTO {table} {cols} SELECT DISTINCT ON ({', '.join(keys)}) * FROM ({select}) n "
+                   f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {on})")
+        self._with_tbl(sql, params, data)
+
+    def _upsert(self, table: str, keys: Sequence[str], select: str, data: pa.Table) -> None:
+        """Insert or replace by key: INSERT OR REPLACE on the file, MERGE on a lake (columns by name)."""
+        if not self.lake:
+            sql = f"INSERT OR REPLACE INTO {table} {select}"
+        else:
+            on = " AND ".join(f"t.{k} = n.{k}" for k in keys)
+            sql = (f"MERGE INTO {table} t USING ({select}) n ON {on} "
+                   "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+        self._with_tbl(sql, (), data)
+
+    def _with_tbl(self, sql: str, params: Sequence[Any], data: pa.Table | None) -> None:
+        if data is None:
+            self.con.execute(sql, list(params))
+            return
+        self.con.register("tbl", data)
+        try:
+            self.con.execute(sql, list(params))
+        finally:
+            self.con.unregister("tbl")
+
     def _count(self, table: str) -> int:
         row = self.con.execute(f"SELECT count(*) FROM {table}").fetchone()
         return int(row[0]) if row else 0
@@ -626,9 +829,40 @@ def _check_writable(path: Path) -> None:
         raise StoreError(f"no space left for the database in {folder} ({usage.free} bytes free)")
 
 
+def _lake_ddl(sql: str) -> str:
+    from monitor.lake import lake_ddl
+
+    return lake_ddl(sql)
+
+
 @contextmanager
-def open_store(path: str | Path, *, read_only: bool = False) -> Iterator[Store]:
-    """Open (and migrate) the database; every DuckDB failure becomes a StoreError naming the path."""
+def _open_lake(storage: StorageConfig, read_only: bool) -> Iterator[Store]:
+    """The DuckLake backend (monitor.lake): PostgreSQL catalog, Parquet under storage.data_path."""
+    from monitor import lake
+
+    con = lake.connect(storage.catalog, storage.data_path, read_only=read_only)
+    store = Store(con, Path(storage.data_path), lake=True)
+    try:
+        if not read_only:
+            store.migrate()
+        yield store
+    except duckdb.Error as exc:
+        raise StoreError(f"lake {lake.describe(storage.catalog)}: {_describe(exc)}") from exc
+    finally:
+        with suppress(duckdb.Error):
+            con.close()
+
+
+@contextmanager
+def open_store(path: str | Path, *, read_only: bool = False, storage: StorageConfig | None = None) -> Iterator[Store]:
+    """Open (and migrate) the database; every DuckDB failure becomes a StoreError naming the path.
+
+    With `storage.backend = "ducklake"` the lake named by storage.catalog/data_path is opened instead.
+    """
+    if storage is not None and storage.backend == "ducklake":
+        with _open_lake(storage, read_only) as lake_store:
+            yield lake_store
+        return
     p = Path(path)
     if not read_only:
         _check_writable(p)

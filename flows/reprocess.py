@@ -1,0 +1,212 @@
+"""Reprocess and retag stored articles without fetching anything.
+
+`reprocess`: re-extract every article from its stored compressed HTML (articles without HTML keep their
+stored text), re-detect the language, re-tag with the current topics, then rebuild the derived state
+(topic matches, signatures, stories, development events) by replaying the articles in the order they
+were first seen, in batches. Deterministic: the same database and config give the same stories and
+developments every time. It queues no alerts (analysts were told when the articles arrived).
+
+`retag`: re-evaluate the current topics on stored `ok` articles, replace `article_topics`, and record
+every topic added to or removed from an article in `retag_log`.
+
+The SQL below only touches columns this module owns the meaning of (extraction fields, derived state).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from monitor import novelty
+from monitor.config import Settings, load_settings
+from monitor.extract import ExtractInput, build_article, decompress_html, extract_batch, extraction_pool
+from monitor.models import Article, FetchResult, Link, TopicMatch
+from monitor.store import Store, open_store
+from monitor.topics import TopicSet
+
+_STORED = ("id", "url", "source_id", "status", "status_reason", "final_url", "canonical_url", "title",
+           "author", "published", "sitename", "description", "text", "lang", "lang_confidence", "extractor",
+           "content_hash", "feed_title", "feed_summary", "feed_published", "fetched_at", "first_seen")
+_UPDATED = ("status", "status_reason", "canonical_url", "title", "author", "published", "sitename",
+            "description", "text", "lang", "lang_confidence", "extractor", "content_hash", "duplicate_of",
+            "story_id")
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def _run_id(kind: str) -> str:
+    return f"{kind}-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(rows), size):
+        yield rows[i:i + size]
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def _stored_rows(store: Store) -> list[dict[str, Any]]:
+    """Every article with its HTML (None when not kept), in first-seen order."""
+    cols = ", ".join(f"a.{c}" for c in _STORED)
+    cur = store.con.execute(
+        f"SELECT {cols}, h.codec, h.html FROM articles a LEFT JOIN article_html h ON h.article_id = a.id "
+        "ORDER BY a.first_seen, a.id"
+    )
+    return [dict(zip([*_STORED, "codec", "html"], r, strict=True)) for r in cur.fetchall()]
+
+
+def _as_article(row: dict[str, Any]) -> Article:
+    return Article(**{k: row[k] for k in _STORED if k != "first_seen"})
+
+
+def _html(row: dict[str, Any]) -> bytes | None:
+    if row["html"] is None:
+        return None
+    blob = bytes(row["html"])
+    return decompress_html(blob) if row["codec"] == "zstd" else blob
+
+
+# ---- stages -------------------------------------------------------------------------------------
+
+
+@task(name="re-extract", cache_policy=NONE)
+def re_extract(settings: Settings, rows: Sequence[dict[str, Any]], pool: Any) -> list[Article]:
+    """Extract again from stored HTML; rows without HTML keep what was stored (language re-detected)."""
+    todo = [(i, r, html) for i, r in enumerate(rows) if (html := _html(r)) is not None]
+    inputs = [ExtractInput(r["url"], html, "text/html", r["feed_title"], r["feed_summary"], r["feed_published"])
+              for _, r, html in todo]
+    outs = extract_batch(inputs, min_words=settings.monitor.extract.min_words,
+                         timeout_s=settings.monitor.extract.timeout_s, pool=pool)
+    by_i = {i: o for (i, _, _), o in zip(todo, outs, strict=True)}
+    articles = []
+    for i, r in enumerate(rows):
+        if i not in by_i:
+            art = _as_article(r)
+            if art.status == "duplicate":
+                art.status = "ok"  # duplicates are decided again below
+            articles.append(art)
+            continue
+        link = Link(url=r["url"], source_id=r["source_id"], via="stored", title=r["feed_title"],
+                    published=r["feed_published"], summary=r["feed_summary"])
+        fetched = FetchResult(url=r["url"], final_url=r["final_url"] or r["url"], content=b"",
+                              fetched_at=r["fetched_at"])
+        art = build_article(link, fetched, by_i[i], keep_html=False)
+        art.id = r["id"]
+        articles.append(art)
+    return articles
+
+
+@task(name="re-detect", cache_policy=NONE)
+def re_detect(settings: Settings, store: Store, run_id: str, articles: list[Article],
+              matches: list[TopicMatch]) -> dict[str, int]:
+    """Novelty over the rebuilt window, as ingest does it, and write the batch's derived state."""
+    cfg = settings.monitor.novelty
+    topics_of: dict[str, list[str]] = {}
+    for m in sorted(matches, key=lambda m: (-m.score, m.topic)):
+        topics_of.setdefault(m.article_id, []).append(m.topic)
+    hashes = store.find_content_hashes(a.content_hash for a in articles if a.content_hash)
+    for a in articles:
+        if a.status == "ok" and a.content_hash in hashes and hashes[a.content_hash] != a.id:
+            a.status, a.duplicate_of = "duplicate", hashes[a.content_hash]
+            a.status_reason = f"same text as {a.duplicate_of}"
+            a.story_id = store.scalar("SELECT story_id FROM articles WHERE id = ?", [a.duplicate_of])
+    times = [novelty.event_time(a) for a in articles if a.status == "ok" and a.text]
+    since = (min(times) if times else datetime.now(UTC)) - timedelta(hours=cfg.window_hours)
+    outlets = {s.id: s.outlet_id for s in settings.sources}
+    result = novelty.detect([novelty.NoveltyItem(a, topics_of.get(a.id, [])) for a in articles],
+                            store.window_entries(since), store.window_stories(since), cfg, outlets)
+    ok_ids = {a.id for a in articles if a.status == "ok"}
+    with store.transaction():
+        _update_articles(store, articles)
+        store.write_topic_matches([m for m in matches if m.article_id in ok_ids])
+        store.write_signatures(result.signatures)
+        store.upsert_stories(result.stories)
+        devs = store.write_developments(result.developments, run_id)
+    return {"developments": devs, "tagged": len({m.article_id for m in matches if m.article_id in ok_ids})}
+
+
+def _update_articles(store: Store, articles: Sequence[Article]) -> None:
+    cols: dict[str, list[Any]] = {"id": [a.id for a in articles]}
+    for c in _UPDATED:
+        cols[c] = [getattr(a, c) for a in articles]
+    schema = pa.schema([("id", pa.string())] + [
+        (c, _TS if c == "published" else pa.float64() if c == "lang_confidence" else pa.string())
+        for c in _UPDATED])
+    tbl = pa.table(cols, schema=schema)  # noqa: F841 (read by DuckDB's replacement scan)
+    sets = ", ".join(f"{c} = tbl.{c}" for c in _UPDATED)
+    store.con.execute(f"UPDATE articles SET {sets} FROM tbl WHERE articles.id = tbl.id")
+
+
+def _reset_derived(store: Store) -> None:
+    with store.transaction():
+        for table in ("article_topics", "article_signatures", "stories", "development_events"):
+            store.con.execute(f"DELETE FROM {table}")
+        store.con.execute("UPDATE articles SET story_id = NULL, duplicate_of = NULL, content_hash = NULL")
+
+
+# ---- flows --------------------------------------------------------------------------------------
+
+
+@flow(name="reprocess", log_prints=False)
+def reprocess(config_dir: str) -> dict[str, Any]:
+    """Re-extract, re-detect language, re-tag and rebuild stories/developments from stored HTML."""
+    settings = load_settings(config_dir)
+    topics = TopicSet.compile(settings.topics)
+    run_id = _run_id("reprocess")
+    stats: dict[str, Any] = {"run_id": run_id, "articles": 0, "reextracted": 0, "statuses": {},
+                             "tagged": 0, "developments": 0, "database": str(settings.db_path)}
+    with open_store(settings.db_path) as store:
+        store.start_run(run_id)
+        rows = _stored_rows(store)
+        _reset_derived(store)
+        with extraction_pool(settings.monitor.extract.workers if rows else 0) as pool:
+            for batch in _chunks(rows, settings.monitor.fetch.batch_size):
+                articles = re_extract(settings, batch, pool)
+                matches = topics.tag_many((a.id, a.title, a.text, a.lang) for a in articles if a.status == "ok")
+                counts = re_detect(settings, store, run_id, articles, matches)
+                stats["articles"] += len(articles)
+                stats["reextracted"] += sum(r["html"] is not None for r in batch)
+                stats["tagged"] += counts["tagged"]
+                stats["developments"] += counts["developments"]
+                for a in articles:
+                    stats["statuses"][a.status] = stats["statuses"].get(a.status, 0) + 1
+        store.finish_run(run_id, "ok", stats)
+    return stats
+
+
+@flow(name="retag", log_prints=False)
+def retag(config_dir: str) -> dict[str, Any]:
+    """Re-evaluate the current topics on stored articles; log every topic added or removed."""
+    settings = load_settings(config_dir)
+    topics = TopicSet.compile(settings.topics)
+    run_id, now = _run_id("retag"), datetime.now(UTC)
+    with open_store(settings.db_path) as store:
+        store.start_run(run_id)
+        rows = store.con.execute(
+            "SELECT id, title, text, lang FROM articles WHERE status = 'ok' ORDER BY id").fetchall()
+        before = {(r[0], r[1]): r[2] for r in store.con.execute(
+            "SELECT article_id, topic, score FROM article_topics").fetchall()}
+        matches = topics.tag_many((r[0], r[1], r[2], r[3]) for r in rows)
+        after = {(m.article_id, m.topic): m.score for m in matches}
+        log = ([(k, "added", after[k]) for k in sorted(after.keys() - before.keys())]
+               + [(k, "removed", before[k]) for k in sorted(before.keys() - after.keys())])
+        with store.transaction():
+            store.con.execute("DELETE FROM article_topics")
+            store.write_topic_matches(matches)
+            if log:
+                tbl = pa.table({  # noqa: F841
+                    "run_id": [run_id] * len(log), "logged_at": pa.array([now] * len(log), _TS),
+                    "article_id": [k[0] for k, _, _ in log], "topic": [k[1] for k, _, _ in log],
+                    "change": [c for _, c, _ in log], "score": [float(s) for _, _, s in log]})
+                store.con.execute("INSERT INTO retag_log SELECT * FROM tbl")
+        stats = {"run_id": run_id, "articles": len(rows), "matches": len(matches),
+                 "added": sum(c == "added" for _, c, _ in log),
+                 "removed": sum(c == "removed" for _, c, _ in log), "database": str(settings.db_path)}
+        store.finish_run(run_id, "ok", stats)
+    return stats
