@@ -314,8 +314,18 @@ def _result_table(result: Any) -> Table:
     for col in result.columns:
         table.add_column(col, overflow="fold", max_width=60)
     for row in result.rows():
-        table.add_row(*("" if v is None else mask_secrets(str(v))[:300] for v in row))
+        table.add_row(*(_cell_text(v) for v in row))
     return table
+
+
+def _cell_text(value: Any) -> str:
+    from datetime import datetime
+
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return mask_secrets(str(value))[:300]
 
 
 def _emit(result: Any, fmt: str, output: Path | None, what: str) -> None:
