@@ -35,12 +35,52 @@ class _Strict(BaseModel):
 class StorageConfig(_Strict):
     path: str = "data/monitor.duckdb"
     store_html: bool = True
+    # "ducklake": several machines share one lake (docs/scaling.md); `path` then only names the run lock
+    backend: Literal["duckdb", "ducklake"] = "duckdb"
+    catalog: str = ""  # ducklake: a PostgreSQL connection string, from the environment (${MONITOR_LAKE_CATALOG})
+    data_path: str = Field(default="", validate_default=True)  # ducklake: Parquet folder or s3://… prefix
+
+    @field_validator("data_path")
+    @classmethod
+    def _lake_complete(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("backend") == "ducklake" and not (v and info.data.get("catalog")):
+            raise ValueError("the ducklake backend needs both storage.catalog and storage.data_path")
+        return v
+
+
+def check_cron(v: str) -> str:
+    """A five-field cron expression, or a ValueError saying what is wrong with it."""
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(v, datetime.now(UTC))
+    except CronSimError as exc:
+        raise ValueError(f"not a cron expression: {exc}") from None
+    return v
+
+
+def check_timezone(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r}") from None
+    return v
 
 
 class ScheduleConfig(_Strict):
     interval_minutes: Annotated[int, Field(ge=1, le=7 * 24 * 60)] | None = 30
     cron: str | None = None
     timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        return None if v is None else check_cron(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return check_timezone(v)
 
 
 class FetchConfig(_Strict):
@@ -113,22 +153,12 @@ class ChannelConfig(_Strict):
             if info.data.get("mode") == "digest":
                 raise ValueError("a digest channel needs digest_cron (e.g. '0 8 * * *')")
             return v
-        from cronsim import CronSim, CronSimError
-
-        try:
-            CronSim(v, datetime.now(UTC))
-        except CronSimError as exc:
-            raise ValueError(f"not a cron expression: {exc}") from None
-        return v
+        return check_cron(v)
 
     @field_validator("digest_timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
-        return v
+        return check_timezone(v)
 
     @field_validator("url")
     @classmethod

@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from monitor.errors import StoreError
+from monitor.errors import OutputError, StoreError
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "dashboards"
 DEFAULT_DAYS = 30
@@ -208,8 +208,12 @@ def render_dashboard(con: Any, out_path: Path, folder: Path | None = None, days:
     src = folder or DEFAULT_DIR
     datasets = run_queries(con, load_queries(src))
     page = render_page(build_payload(datasets, datetime.now(UTC), days), src)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the dashboard {out_path}: {exc.strerror or exc}") from exc
     return out_path

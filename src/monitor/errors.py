@@ -8,6 +8,7 @@ MonitorError
 ├── SourceError            a feed/sitemap/page could not be read as a list of links
 ├── ExtractError           a page could not be turned into an article
 ├── StoreError             the database cannot be opened or written (path named)
+├── OutputError            an output file (dashboard, export) cannot be written (path named)
 └── AlertError             a webhook delivery failed
     ├── RetryableAlertError    429, 5xx, timeouts (with retry_after when the service said)
     └── PermanentAlertError    4xx other than 429: the channel is misconfigured
@@ -69,6 +70,10 @@ class ExtractError(MonitorError):
 
 
 class StoreError(MonitorError):
+    pass
+
+
+class OutputError(MonitorError):
     pass
 
 

@@ -124,6 +124,7 @@ def parse_feed(content: bytes, source: SourceConfig, base_url: str,
     """RSS/Atom/RDF through feedparser; what can be read is kept, problems become warnings."""
     result = SourceDocResult(source_id=source.id)
     headers = {"content-type": _trusted_content_type(content, content_type)} if content_type else {}
+    content = _SURROGATE_REF.sub(b"&#xFFFD;", content)  # a lone surrogate makes feedparser fail whole
     try:
         parsed = feedparser.parse(io.BytesIO(content), response_headers=headers, sanitize_html=False,
                                   resolve_relative_uris=False)
@@ -138,26 +139,40 @@ def parse_feed(content: bytes, source: SourceConfig, base_url: str,
         return result
     feed_link = parsed.get("feed", {}).get("link") or base_url
     for entry in parsed.entries:
-        href = entry.get("link")
-        if not href:
-            for ln in entry.get("links", []):
-                if ln.get("href"):
-                    href = ln["href"]
-                    break
-        url = canonical_link(href or "", base_url if href and href.startswith("/") else feed_link,
-                             source.allow_offsite)
-        if url is None and href:
-            url = canonical_link(href, base_url, source.allow_offsite)
-        if url is None:
-            if href:
-                result.warnings.append(f"link skipped: {href[:200]}")
-            continue
-        published = _struct_to_dt(entry.get("published_parsed") or entry.get("updated_parsed"))
-        summary = entry.get("summary") or (entry.get("content") or [{}])[0].get("value")
-        result.links.append(Link(url=url, source_id=source.id, via="feed",
-                                 title=clean_text(entry.get("title"), 500), published=published,
-                                 summary=clean_text(summary)))
+        try:
+            _add_entry(result, entry, source, base_url, feed_link)
+        except Exception as exc:  # one odd item must not cost the others
+            result.warnings.append(f"item skipped: {type(exc).__name__}: {str(exc)[:200]}")
     return result
+
+
+# character references to UTF-16 surrogates (U+D800..U+DFFF, i.e. 55296..57343), which are not characters
+_SURROGATE_REF = re.compile(
+    rb"&#(?:[xX]0*[dD][89a-fA-F][0-9a-fA-F]{2}|0*(?:55[2-9]\d\d|56\d\d\d|57[0-2]\d\d|573[0-3]\d|5734[0-3]));"
+)
+
+
+def _add_entry(result: SourceDocResult, entry: Any, source: SourceConfig, base_url: str, feed_link: str) -> None:
+    """One feed item to one Link (or a warning saying why it was skipped)."""
+    href = entry.get("link")
+    if not href:
+        for ln in entry.get("links", []):
+            if ln.get("href"):
+                href = ln["href"]
+                break
+    url = canonical_link(href or "", base_url if href and href.startswith("/") else feed_link,
+                         source.allow_offsite)
+    if url is None and href:
+        url = canonical_link(href, base_url, source.allow_offsite)
+    if url is None:
+        if href:
+            result.warnings.append(f"link skipped: {href[:200]}")
+        return
+    published = _struct_to_dt(entry.get("published_parsed") or entry.get("updated_parsed"))
+    summary = entry.get("summary") or (entry.get("content") or [{}])[0].get("value")
+    result.links.append(Link(url=url, source_id=source.id, via="feed",
+                             title=clean_text(entry.get("title"), 500), published=published,
+                             summary=clean_text(summary)))
 
 
 _XML_DECL_ENC = re.compile(rb"^\s*<\?xml[^>]*encoding\s*=", re.I)

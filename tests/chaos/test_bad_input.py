@@ -160,9 +160,6 @@ def test_zz_bad_input_rows(fault_table: FaultTable) -> None:
     assert not CRASHES, CRASHES
 
 
-@pytest.mark.xfail(strict=True, reason="sources.py (#3): a lone surrogate character reference (&#xD800;) in one "
-                   "item's title makes the whole feed fail with 'feed parser failed: UnicodeEncodeError' "
-                   "and every other item's link is lost")
 def test_surrogate_in_one_title_keeps_the_other_items() -> None:
     src = SourceConfig(id="fuzz", url=BASE + "feed", kind="rss")
     doc = (b'<rss version="2.0"><channel><item><title>a&#xD800;b</title><link>' + BASE.encode() + b"bad-one</link>"

@@ -100,8 +100,6 @@ def test_disk_full_mid_run_then_recovers(tmp_path: Path, servers: Servers, clean
         assert counts == clean_run.counts and not any(dups.values())
 
 
-@pytest.mark.xfail(strict=True, reason="dashboard.py (#9): render_dashboard lets the OSError of a full disk escape "
-                   "without a path (`error: [Errno 28] No space left on device`)")
 def test_disk_full_mid_run_names_the_path() -> None:
     if "res" not in MID_RUN:
         pytest.skip("the mid-run disk-full case did not run")
