@@ -556,7 +556,7 @@ class Store:
         with self._registered(nsig=tbl):
             if self.lake:
                 new = self.con.execute(
-                    "SELECT article_id FROM nsig ANTI JOIN article_signatures USING (article_id)").arrow()
+                    "SELECT article_id FROM nsig ANTI JOIN article_signatures USING (article_id)").arrow().read_all()
                 self.con.execute("INSERT INTO article_signatures SELECT * FROM nsig SEMI JOIN new USING (article_id)")
             else:
                 new = self.con.execute(
