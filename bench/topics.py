@@ -124,7 +124,8 @@ def main() -> None:
     per_cold = cold_s / len(base)
     ratio = per_many / ext_per_article
     print(
-        f"articles: {len(articles)} (mean {words:.0f} words), topics: {len(topics)}, compile {compile_s * 1000:.1f} ms"
+        f"articles: {len(articles)} (mean {words:.0f} words), topics: {len(topics)}, "
+        f"compile {compile_s * 1000:.1f} ms"
     )
     print(f"tagging, 1 topic:    {per_one * 1000:.3f} ms/article ({one_matches} matches)")
     print(
@@ -133,7 +134,8 @@ def main() -> None:
     )
     print(f"tagging, {len(topics)} topics, cold token cache: {per_cold * 1000:.3f} ms/article")
     print(
-        f"tagging / extraction: {ratio * 100:.2f}% (cold cache {per_cold / ext_per_article * 100:.2f}%), goal < 5%"
+        f"tagging / extraction: {ratio * 100:.2f}% "
+        f"(cold cache {per_cold / ext_per_article * 100:.2f}%), goal < 5%"
     )
 
     results = {

@@ -20,7 +20,7 @@ from prefect.cache_policies import NONE
 from monitor import alerts, novelty, sources
 from monitor.config import Settings, SourceConfig, load_settings
 from monitor.dashboard import render_dashboard
-from monitor.errors import MonitorError
+from monitor.errors import MonitorError, StoreError
 from monitor.extract import ExtractInput, build_article, extract_batch, extraction_pool
 from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult
@@ -157,11 +157,11 @@ def detect_and_store(settings: Settings, store: Store, run_id: str, articles: li
             a.status, a.duplicate_of = "duplicate", hashes[a.content_hash]
             a.status_reason = f"same text as {a.duplicate_of}"
             a.story_id = store.scalar("SELECT story_id FROM articles WHERE id = ?", [a.duplicate_of])
-    times = [novelty.event_time(a) for a in articles if a.status == "ok" and a.text]
-    since = (min(times) if times else datetime.now(UTC)) - timedelta(hours=cfg.window_hours)
     items = [novelty.NoveltyItem(a, topics_of.get(a.id, [])) for a in articles]
     outlets = {s.id: s.outlet_id for s in settings.sources}
-    result = novelty.detect(items, store.window_entries(since), store.window_stories(since), cfg, outlets)
+    prepared = novelty.prepare(items)  # the store returns only the window candidates of the batch's keys
+    candidates = store.novelty_candidates(novelty.candidate_query(prepared, cfg, datetime.now(UTC)))
+    result = novelty.decide(items, prepared, candidates, cfg, outlets)
     why = {(m.article_id, m.topic): explain_text(m.explanation) for m in matches}
     contexts = [_alert_context(store, d, articles, topic_names, why.get((d.article_id, d.topic), ""))
                 for d in result.developments]
@@ -280,6 +280,15 @@ def _mark_failed(settings: Settings, run_id: str, exc: Exception) -> None:
         pass  # the original error is the one worth raising
 
 
+def _publish_snapshot(store: Store, settings: Settings) -> str | None:
+    """The run's data is safely stored already: a failed publish leaves analysts on the previous one."""
+    try:
+        return str(publish_from(store.con, settings.db_path).path)
+    except StoreError as exc:
+        get_run_logger().warning("analyst snapshot not published: %s", exc)
+        return None
+
+
 def _cycle(settings: Settings, progress: Progress | None,
            run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
     started = time.monotonic()
@@ -335,7 +344,8 @@ def _cycle(settings: Settings, progress: Progress | None,
         stats.seconds = round(time.monotonic() - started, 2)
         store.finish_run(stats.run_id, "ok", stats.as_dict())
         out = stats.as_dict()
-        out["snapshot"] = str(publish_from(store.con, settings.db_path).path)
+        if not getattr(store, "lake", False):  # a DuckLake catalog takes many readers: no snapshot needed
+            out["snapshot"] = _publish_snapshot(store, settings)
         breakdown = run_breakdown(store.con, stats.run_id)
     return out, breakdown
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from flows.ingest import ingest
+
 from monitor.demo.servers import WebhookReceiver
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

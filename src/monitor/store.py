@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -244,6 +244,9 @@ class CandidateQuery:
     hashes: list[str]
     facts: list[str]
     minhashes: list[bytes]
+    # (window df of `facts`, n_docs) -> the facts a story must hold to be able to take an article
+    # (novelty.story_keys); None: any of `facts`
+    story_keys: Callable[[dict[str, int], int], list[str]] | None = None
 
 
 @dataclass(slots=True)
@@ -455,9 +458,9 @@ class Store:
         """Only what a batch needs from the window, each part found through an index.
 
         entries: window signatures sharing the batch's content hash or a MinHash band (article_bands),
-        or a fact key within the echo range (article_facts); stories: window stories holding one of
-        the batch's facts (story_facts); df/n_docs: counts over the window; story_sources: the
-        candidate stories' articles (before surge_since one row per source is enough).
+        or a fact key within the echo range in a candidate story (article_facts); stories: window
+        stories holding one of `q.story_keys` (story_facts); df/n_docs: counts over the window;
+        story_sources: the candidate stories' articles (before surge_since one row per source).
         """
         n_docs = int(self.scalar("SELECT count(*) FROM article_signatures WHERE first_seen >= ?", [q.since]))
         if not n_docs:
@@ -466,11 +469,15 @@ class Store:
         qf = pa.table({"fact": sorted(set(q.facts))}, schema=pa.schema([("fact", pa.string())]))
         qm = pa.table({"minhash": q.minhashes}, schema=pa.schema([("minhash", pa.binary())]))
         with self._registered(qh=qh, qf=qf, qm=qm):
-            entries = self._candidate_entries(q)
             df = dict(self.con.execute(
                 "SELECT fact, count(*) FROM article_facts WHERE first_seen >= ? AND fact IN (SELECT fact FROM qf) "
                 "GROUP BY fact", [q.since]).fetchall())
-            stories = self._candidate_stories(q.since)
+            keys = q.story_keys(df, n_docs) if q.story_keys else sorted(set(q.facts))
+            with self._registered(qs=pa.table({"fact": keys}, schema=pa.schema([("fact", pa.string())]))):
+                stories = self._candidate_stories(q.since)
+            sids = pa.table({"id": [s.id for s in stories]}, schema=pa.schema([("id", pa.string())]))
+            with self._registered(sids=sids):
+                entries = self._candidate_entries(q)
         sources = self._story_sources([s.id for s in stories], q.since, max(q.since, q.surge_since))
         return NoveltyCandidates(
             entries, stories, df, n_docs, sources,
@@ -488,7 +495,8 @@ class Store:
             UNION
             SELECT article_id FROM article_facts
                 WHERE first_seen >= $echo_since AND first_seen <= $until AND fact IN (SELECT fact FROM qf)
-            """, {"since": q.since, "echo_since": max(q.since, q.echo_since), "until": q.until}).arrow()
+                AND story_id IN (SELECT id FROM sids)
+            """, {"since": q.since, "echo_since": max(q.since, q.echo_since), "until": q.until}).to_arrow_table()
         with self._registered(ids=ids):
             rows = self.con.execute(
                 "SELECT article_id, story_id, first_seen, content_hash, minhash, facts, source_id "
@@ -497,11 +505,11 @@ class Store:
         return [WindowEntry(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in rows]
 
     def _candidate_stories(self, since: datetime) -> list[StoryRow]:
-        """Window stories holding one of the facts in the registered `qf`."""
+        """Window stories holding one of the facts in the registered `qs`."""
         rows = self.con.execute(
             "SELECT id, title, first_seen, last_seen, first_article_id, topics, facts, surged, pending, dev_facts "
             "FROM stories WHERE last_seen >= $since AND id IN (SELECT story_id FROM story_facts "
-            "WHERE seen >= $since AND fact IN (SELECT fact FROM qf)) ORDER BY first_seen, id",
+            "WHERE seen >= $since AND fact IN (SELECT fact FROM qs)) ORDER BY first_seen, id",
             {"since": since}).fetchall()
         return [StoryRow(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), list(r[6] or []), bool(r[7]),
                          json.loads(r[8]) if r[8] else {}, list(r[9] or []))
@@ -556,11 +564,11 @@ class Store:
         with self._registered(nsig=tbl):
             if self.lake:
                 new = self.con.execute(
-                    "SELECT article_id FROM nsig ANTI JOIN article_signatures USING (article_id)").arrow().read_all()
+                    "SELECT article_id FROM nsig ANTI JOIN article_signatures USING (article_id)").to_arrow_table()
                 self.con.execute("INSERT INTO article_signatures SELECT * FROM nsig SEMI JOIN new USING (article_id)")
             else:
                 new = self.con.execute(
-                    "INSERT OR IGNORE INTO article_signatures SELECT * FROM nsig RETURNING article_id").arrow()
+                    "INSERT OR IGNORE INTO article_signatures SELECT * FROM nsig RETURNING article_id").to_arrow_table()
             with self._registered(new=new):
                 self.con.execute("INSERT INTO article_facts SELECT unnest(facts), article_id, story_id, first_seen "
                                  "FROM nsig SEMI JOIN new USING (article_id)")

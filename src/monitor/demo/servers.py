@@ -59,7 +59,7 @@ class BackgroundServer:
 class _QuietHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         return None
 
     def send_body(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
@@ -74,7 +74,7 @@ class _QuietHandler(BaseHTTPRequestHandler):
 
 
 class SiteHandler(_QuietHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         server: SiteServer = self.server.owner  # type: ignore[attr-defined]
         path = self.path.split("?", 1)[0].split("#", 1)[0]
         if path.endswith("/"):
@@ -101,7 +101,7 @@ class SiteServer(BackgroundServer):
 
 
 class WebhookHandler(_QuietHandler):
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         recv: WebhookReceiver = self.server.owner  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)

@@ -1,0 +1,199 @@
+"""The analyst snapshot: a read-only copy of the database, published after every run.
+
+DuckDB lets one process write a file, and a reader in another process holds a lock that stops the
+writer from opening it. So analysts never open the pipeline's database: after each run the writer
+refreshes the full-text index (only when articles changed), checkpoints, copies the file byte for
+byte to a temporary name next to `<db>.snapshot.duckdb`, checks the copy, and renames it into
+place. Rename swaps the directory entry only: an analyst who still holds the old snapshot keeps
+reading the old inode and blocks nobody; the next open (or the next query of `monitor sql`'s
+prompt, which notices the new inode) sees the new data. The reasoning and
+the measured cost are in docs/choices-sql.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from monitor.errors import StoreError
+
+FTS_TABLE = "articles"
+FTS_SCHEMA = "fts_main_articles"
+DUCKDB_VERSION = "v1.5.5"
+
+
+@dataclass(slots=True, frozen=True)
+class Published:
+    """What one publish did."""
+
+    path: Path
+    seconds: float
+    index_seconds: float | None  # None: the search index was current, not rebuilt
+    bytes: int
+    articles: int
+    method: str  # file | logical
+
+
+def snapshot_path(db_path: str | Path) -> Path:
+    p = Path(db_path)
+    return p.with_name(p.stem + ".snapshot.duckdb")
+
+
+def fts_extension_path() -> Path:
+    """The fts extension shipped in the `duckdb_extension_fts` wheel (loaded offline, never downloaded)."""
+    try:
+        import duckdb_extension_fts
+    except ImportError as exc:  # the dependency is pinned; this only guards a broken install
+        raise StoreError("the duckdb-extension-fts package is not installed") from exc
+    base = Path(duckdb_extension_fts.__file__).parent / "extensions" / DUCKDB_VERSION
+    found = sorted(base.glob("fts.duckdb_extension*"))
+    if not found:
+        raise StoreError(f"fts extension not found under {base}")
+    return found[0]
+
+
+def load_fts(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"LOAD '{fts_extension_path()}'")
+
+
+def refresh_search_index(con: duckdb.DuckDBPyConnection) -> float | None:
+    """Rebuild the BM25 index over articles when articles changed since it was built.
+
+    DuckDB's fts index cannot be updated in place, so it is rebuilt whole (about 1 ms per article);
+    runs that stored no article (most scheduled runs) skip it. Returns the seconds spent, or None.
+    """
+    row = con.execute("SELECT count(*), max(first_seen) FROM articles").fetchone()
+    count, newest = (int(row[0]), row[1]) if row else (0, None)
+    state = con.execute("SELECT articles, newest FROM search_index_state").fetchone()
+    has_index = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'docs'", [FTS_SCHEMA]
+    ).fetchone()
+    if state and has_index and has_index[0] and state[0] == count and state[1] == newest:
+        return None
+    started = time.monotonic()
+    load_fts(con)
+    # stemmer 'none': articles come in many languages and Porter stemming is English-only
+    con.execute(
+        f"PRAGMA create_fts_index('{FTS_TABLE}', 'id', 'title', 'text', stemmer = 'none', "
+        "stopwords = 'none', strip_accents = 1, lower = 1, overwrite = 1)"
+    )
+    seconds = round(time.monotonic() - started, 3)
+    con.execute("DELETE FROM search_index_state")
+    con.execute("INSERT INTO search_index_state VALUES (?, ?, ?, ?)",
+                [count, newest, datetime.now(UTC), seconds])
+    return seconds
+
+
+def _wal_pending(db_path: Path) -> bool:
+    wal = db_path.with_name(db_path.name + ".wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
+def _logical_copy(con: duckdb.DuckDBPyConnection, tmp: Path) -> None:
+    source = con.execute("SELECT current_database()").fetchone()
+    assert source is not None
+    con.execute(f"ATTACH '{tmp}' AS monitor_snapshot")
+    try:
+        con.execute(f'COPY FROM DATABASE "{source[0]}" TO monitor_snapshot')
+    finally:
+        con.execute("DETACH monitor_snapshot")
+
+
+def _copy(con: duckdb.DuckDBPyConnection, db_path: Path, tmp: Path) -> str:
+    """Copy the checkpointed file byte for byte (fast); fall back to a logical copy if a WAL remains."""
+    con.execute("CHECKPOINT")
+    if _wal_pending(db_path):
+        _logical_copy(con, tmp)
+        return "logical"
+    shutil.copyfile(db_path, tmp)
+    return "file"
+
+
+def _verify(tmp: Path, expected_articles: int) -> None:
+    """Open the copy as an analyst would; it must hold every article the writer has."""
+    check = duckdb.connect(str(tmp), read_only=True)
+    try:
+        row = check.execute("SELECT count(*) FROM articles").fetchone()
+    finally:
+        check.close()
+    if not row or int(row[0]) != expected_articles:
+        raise StoreError(f"snapshot copy {tmp} holds {row[0] if row else 0} articles, "
+                         f"the database {expected_articles}")
+
+
+def publish_from(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> Published:
+    """Publish the snapshot of the database behind the writer's open connection `con`."""
+    db = Path(db_path)
+    target = snapshot_path(db)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    started = time.monotonic()
+    for stale in target.parent.glob(f"{target.name}.*.tmp"):  # left by a publish that was killed
+        stale.unlink(missing_ok=True)
+    try:
+        index_s = refresh_search_index(con)
+        row = con.execute("SELECT count(*) FROM articles").fetchone()
+        articles = int(row[0]) if row else 0
+        tmp.unlink(missing_ok=True)
+        method = _copy(con, db, tmp)
+        _verify(tmp, articles)
+        size = tmp.stat().st_size
+        os.replace(tmp, target)  # atomic: readers see the old file or the new one, never half of one
+    except (duckdb.Error, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot publish analyst snapshot {target}: {str(exc).splitlines()[0]}") from None
+    except StoreError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Published(target, round(time.monotonic() - started, 3), index_s, size, articles, method)
+
+
+def publish(db_path: str | Path) -> Published:
+    """Publish from the database file, outside a run (takes the run lock; refuses while a run is in flight)."""
+    from monitor.ops import run_lock
+    from monitor.store import open_store
+
+    p = Path(db_path)
+    if not p.exists():
+        raise StoreError(f"database not found: {p} (run `monitor run` or `monitor demo` first)")
+    with run_lock(p) as holder:
+        if holder is not None:
+            raise StoreError(f"a run is in flight ({holder.describe()}); it publishes the analyst "
+                             "snapshot when it finishes")
+        with open_store(p) as store:
+            return publish_from(store.con, p)
+
+
+def open_snapshot(db_path: str | Path, *, publish_if_missing: bool = True) -> tuple[duckdb.DuckDBPyConnection, Any]:
+    """Open the analyst snapshot read-only; returns the connection and the inode it opened."""
+    snap = snapshot_path(db_path)
+    if not snap.exists() and publish_if_missing and Path(db_path).exists():
+        publish(db_path)
+    if not snap.exists():
+        raise StoreError(f"no analyst snapshot at {snap} (it is published at the end of every run: "
+                         "run `monitor run` or `monitor demo` first)")
+    try:
+        ino = _identity(snap)
+        con = duckdb.connect(str(snap), read_only=True)
+    except (duckdb.Error, OSError) as exc:
+        raise StoreError(f"cannot open analyst snapshot {snap}: {str(exc).splitlines()[0]}") from None
+    return con, ino
+
+
+def is_stale(db_path: str | Path, opened_ino: Any) -> bool:
+    """True when a newer snapshot has been published since the one opened as `opened_ino`."""
+    try:
+        return _identity(snapshot_path(db_path)) != opened_ino
+    except OSError:
+        return False
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns

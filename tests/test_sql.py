@@ -1,0 +1,232 @@
+"""Analyst SQL: the read-only guard, the row cap, the time limit, exports, named queries, search."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from monitor.cli import app
+from monitor.models import Article
+from monitor.query import AnalystSession, QueryRefused, QueryTimeout, repl, search, write_result
+from monitor.snapshot import publish, snapshot_path
+from monitor.store import open_store
+
+SLOW_CROSS_JOIN = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range = 7"
+
+TEXTS = {
+    "en1": ("Ceasefire talks resume in Geneva", "Negotiators met in Geneva. The ceasefire talks focus on "
+            "prisoners. Ceasefire monitors will report weekly."),
+    "en2": ("Harvest festival opens", "The harvest festival opened with music; one stall mentioned a "
+            "ceasefire in passing."),
+    "de1": ("Waffenruhe: Gespräche in Genf", "Die Gespräche über eine Waffenruhe wurden in Genf fortgesetzt."),
+    "fr1": ("Négociations à Genève", "Les négociations sur le cessez-le-feu reprennent à Genève."),
+}
+
+
+def _article(key: str, n: int, source: str = "wire") -> Article:
+    title, text = TEXTS[key]
+    return Article(id=f"{key}-{n:04d}", url=f"https://example.org/{key}/{n}", source_id=source, status="ok",
+                   title=title, text=text, lang=key[:2], fetched_at=datetime.now(UTC) - timedelta(hours=n))
+
+
+def _fill(db: Path, run_id: str, articles: list[Article]) -> None:
+    with open_store(db) as store:
+        store.sync_sources([("wire", "https://example.org/feed.xml", "rss", "Wire")])
+        store.start_run(run_id)
+        store.write_articles(articles, run_id, store_html=False)
+        store.finish_run(run_id, "ok", {"run_id": run_id})
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "monitor.duckdb"
+    _fill(path, "r1", [_article(k, i) for k in TEXTS for i in range(3)])
+    publish(path)
+    return path
+
+
+def _count(db: Path, table: str) -> int:
+    with open_store(db, read_only=True) as store:
+        return int(store.scalar(f"SELECT count(*) FROM {table}"))
+
+
+# ---- guard 1: nothing but queries ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO runs (id) VALUES ('x')",
+    "DELETE FROM articles",
+    "CREATE TABLE t AS SELECT 1",
+    "DROP VIEW developments",
+    "SELECT 1; DROP TABLE articles",
+    "ATTACH 'other.duckdb' AS o",
+    "COPY articles TO 'out.csv'",
+    "SET enable_external_access = true",
+    "INSTALL httpfs",
+])
+def test_write_statements_are_refused(db: Path, sql: str) -> None:
+    before = _count(snapshot_path(db), "articles")
+    with AnalystSession(db) as session, pytest.raises(QueryRefused, match="refused"):
+        session.query(sql)
+    assert _count(snapshot_path(db), "articles") == before
+    assert _count(db, "articles") == before
+
+
+def test_select_cannot_reach_the_file_system(db: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    with AnalystSession(db) as session:
+        with pytest.raises(Exception, match="disabled"):
+            session.query(f"SELECT * FROM read_csv('{secret}')")
+        assert session.query("SELECT count(*) AS n FROM articles").rows() == [(12,)]
+
+
+def test_cli_refuses_a_write(db: Path) -> None:
+    res = CliRunner().invoke(app, ["sql", "--db", str(db), "UPDATE articles SET title = 'x'"])
+    assert res.exit_code == 1
+    assert "refused: UPDATE" in res.output
+
+
+# ---- guard 2: the row cap -----------------------------------------------------------------------
+
+
+def test_row_cap(db: Path) -> None:
+    with AnalystSession(db, max_rows=100) as session:
+        capped = session.query("SELECT range AS n FROM range(5000)")
+        exact = session.query("SELECT range AS n FROM range(100)")
+    assert capped.table.num_rows == 100 and capped.truncated
+    assert capped.rows()[-1] == (99,)
+    assert exact.table.num_rows == 100 and not exact.truncated
+    with AnalystSession(db, max_rows=0) as session:
+        everything = session.query("SELECT range AS n FROM range(5000)")
+    assert everything.table.num_rows == 5000 and not everything.truncated
+
+
+def test_cli_row_cap_says_so(db: Path) -> None:
+    res = CliRunner().invoke(app, ["sql", "--db", str(db), "--max-rows", "7", "-f", "json",
+                                   "SELECT range AS n FROM range(50)"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["n"] for r in rows] == list(range(7))
+
+
+# ---- guard 3: the time limit --------------------------------------------------------------------
+
+
+def test_time_limit_interrupts_a_slow_query(db: Path) -> None:
+    with AnalystSession(db, timeout_s=0.5) as session:
+        with pytest.raises(QueryTimeout, match="time limit"):
+            session.query(SLOW_CROSS_JOIN)
+        assert session.query("SELECT 42 AS answer").rows() == [(42,)]  # the session stays usable
+
+
+def test_cli_time_limit(db: Path) -> None:
+    res = CliRunner().invoke(app, ["sql", "--db", str(db), "--timeout", "0.5", SLOW_CROSS_JOIN])
+    assert res.exit_code == 1
+    assert "time limit" in res.output
+
+
+# ---- exports and named queries ------------------------------------------------------------------
+
+
+def test_exports(db: Path, tmp_path: Path) -> None:
+    sql = "SELECT id, lang, [lang, source_id] AS tags FROM articles ORDER BY id"
+    runner = CliRunner()
+    csv_out = runner.invoke(app, ["sql", "--db", str(db), "-f", "csv", sql])
+    assert csv_out.exit_code == 0, csv_out.output
+    lines = csv_out.stdout.strip().splitlines()
+    assert lines[0] == '"id","lang","tags"' and len(lines) == 13
+    parquet = tmp_path / "out.parquet"
+    res = runner.invoke(app, ["sql", "--db", str(db), "-f", "parquet", "-o", str(parquet), sql])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(parquet)
+    assert table.num_rows == 12 and table.column("tags").to_pylist()[0] == ["de", "wire"]
+    with AnalystSession(db) as session:
+        buf = io.BytesIO()
+        write_result(session.query(sql), "json", buf)
+    assert json.loads(buf.getvalue())[0]["id"] == "de1-0000"
+
+
+def test_named_queries_run_by_name(db: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["sql", "--db", str(db), "--list"])
+    assert "source_health" in listed.output
+    res = runner.invoke(app, ["sql", "--db", str(db), "-f", "json", "source_health"])
+    assert res.exit_code == 0, res.output
+    assert [r["name"] for r in json.loads(res.stdout)] == ["Wire"]
+    unknown = runner.invoke(app, ["sql", "--db", str(db), "no_such_query"])
+    assert unknown.exit_code == 1 and "no named query" in unknown.output
+
+
+# ---- full-text search ---------------------------------------------------------------------------
+
+
+def test_search_ranks_by_bm25(db: Path) -> None:
+    with AnalystSession(db) as session:
+        hits = search(session, "ceasefire", limit=50).table.to_pylist()
+        german = search(session, "GESPRACHE genf", lang="de").table.to_pylist()  # case and accents ignored
+    titles = [h["title"] for h in hits]
+    assert set(titles) == {TEXTS["en1"][0], TEXTS["en2"][0]}
+    assert titles[0] == TEXTS["en1"][0]  # three mentions outrank one
+    assert hits[0]["score"] > hits[-1]["score"]
+    assert german and {h["lang"] for h in german} == {"de"}
+
+
+def test_cli_search(db: Path) -> None:
+    res = CliRunner().invoke(app, ["search", "--db", str(db), "-f", "json", "négociations"])
+    assert res.exit_code == 0, res.output
+    assert {r["lang"] for r in json.loads(res.stdout)} == {"fr"}
+
+
+# ---- the prompt and fresh snapshots -------------------------------------------------------------
+
+
+def test_prompt_runs_queries_and_sees_a_new_snapshot(db: Path) -> None:
+    lines = iter(["SELECT count(*) AS n", "FROM articles;", "INSERT INTO runs (id) VALUES ('x');",
+                  "@publish", "SELECT count(*) AS n FROM articles;", ".quit"])
+    shown: list[list[tuple[object, ...]]] = []
+    said: list[str] = []
+
+    def read(prompt: str) -> str:
+        line = next(lines)
+        if line == "@publish":  # a scheduled run finishes while the analyst sits at the prompt
+            _fill(db, "r2", [_article("en1", 100 + i) for i in range(5)])
+            publish(db)
+            line = ""
+        return line
+
+    with AnalystSession(db) as session:
+        repl(session, read, lambda r: shown.append(r.rows()), said.append, [])
+    assert shown == [[(12,)], [(17,)]]
+    assert any("refused" in s for s in said)
+    assert any("reconnected" in s for s in said)
+
+
+def test_status_reads_runs_and_sources(db: Path) -> None:
+    res = CliRunner().invoke(app, ["status", "--db", str(db), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)
+    assert st["runs"][0]["run_id"] == "r1" and st["runs"][0]["articles_stored"] == 12
+    assert st["in_flight"] is None and [s["id"] for s in st["sources"]] == ["wire"]
+
+
+# ---- the documented examples stay correct -------------------------------------------------------
+
+
+def test_every_query_in_docs_sql_runs(db: Path) -> None:
+    import re
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "sql.md"
+    blocks = re.findall(r"```sql\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 15
+    with AnalystSession(db) as session:
+        results = [session.query(sql) for sql in blocks]
+    assert all(r.columns for r in results)
+    outcomes = next(r for r in results if r.columns == ["source_id", "status", "articles"])
+    assert outcomes.rows() == [("wire", "ok", 12)]
