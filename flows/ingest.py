@@ -299,6 +299,7 @@ def _cycle(settings: Settings, progress: Progress | None,
     stats.database = str(settings.db_path)
     now = datetime.now(UTC)
     with open_store(settings.db_path) as store:
+        store.close_interrupted_runs()  # we hold the run lock: any 'running' row is a killed run
         store.start_run(stats.run_id)
         store.sync_sources([(s.id, s.url, s.kind, s.name) for s in settings.sources])
         progress("discover", 0, len(settings.sources))

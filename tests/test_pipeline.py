@@ -119,3 +119,14 @@ def test_webhook_down_keeps_alerts_pending_then_sends(demo_config: Path, webhook
     stats = ingest(str(demo_config))
     assert stats["alerts_sent"] == 3
     assert len(webhook.received) == 3
+
+
+def test_run_killed_earlier_is_marked_interrupted(demo_config: Path) -> None:
+    ingest(str(demo_config))
+    con = duckdb.connect(str(demo_config.parent.parent / "demo.duckdb"))
+    con.execute("INSERT INTO runs (id, started_at, status) VALUES ('killed-run', now(), 'running')")
+    con.close()
+    ingest(str(demo_config))
+    statuses = dict(_rows(demo_config, "SELECT id, status FROM runs"))
+    assert statuses["killed-run"] == "interrupted"
+    assert sorted(v for k, v in statuses.items() if k != "killed-run") == ["ok", "ok"]

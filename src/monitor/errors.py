@@ -8,6 +8,8 @@ MonitorError
 ├── SourceError            a feed/sitemap/page could not be read as a list of links
 ├── ExtractError           a page could not be turned into an article
 ├── StoreError             the database cannot be opened or written (path named)
+│   ├── QueryRefused           analyst SQL that would write, or is not a query
+│   └── QueryTimeout           analyst SQL past its time limit
 ├── OutputError            an output file (dashboard, export) cannot be written (path named)
 └── AlertError             a webhook delivery failed
     ├── RetryableAlertError    429, 5xx, timeouts (with retry_after when the service said)
@@ -71,6 +73,14 @@ class ExtractError(MonitorError):
 
 class StoreError(MonitorError):
     pass
+
+
+class QueryRefused(StoreError):
+    """The statement would change something, or is not a query."""
+
+
+class QueryTimeout(StoreError):
+    """The query ran past its time limit and was interrupted."""
 
 
 class OutputError(MonitorError):

@@ -26,19 +26,11 @@ import duckdb
 import pyarrow as pa
 
 from monitor import snapshot
-from monitor.errors import StoreError
+from monitor.errors import QueryRefused, QueryTimeout, StoreError
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = frozenset({"SELECT", "EXPLAIN"})
 FORMATS = ("table", "csv", "json", "parquet")
-
-
-class QueryRefused(StoreError):
-    """The statement would change something, or is not a query."""
-
-
-class QueryTimeout(StoreError):
-    """The query ran past its time limit and was interrupted."""
 
 
 @dataclass(slots=True)

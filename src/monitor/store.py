@@ -746,6 +746,11 @@ class Store:
         self._insert_new("runs", ["id"], "SELECT ? AS id, ? AS started_at, 'running' AS status",
                          "(id, started_at, status)", [run_id, _now()])
 
+    def close_interrupted_runs(self) -> int:
+        """Mark runs left 'running' by a killed process as 'interrupted' (call while holding the run lock)."""
+        rows = self.con.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running' RETURNING id")
+        return len(rows.fetchall())
+
     def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None:
         self.con.execute("UPDATE runs SET finished_at = ?, status = ?, stats = ?::JSON WHERE id = ?",
                          [_now(), status, json.dumps(stats), run_id])
