@@ -1,0 +1,680 @@
+"""Whole-pipeline benchmark: our ingest flow against the limit its own extractor sets, in one run.
+
+    .venv/bin/python bench/pipeline.py            # 5,000 articles, 1,000-article cycle vs a 1M store (~10 min)
+    .venv/bin/python bench/pipeline.py --quick    # small sizes, for development
+    .venv/bin/python bench/pipeline.py --articles 20000 --skip-scale   # the memory goal
+    .venv/bin/python bench/pipeline.py --quick --profile               # + pyinstrument of the flow process
+
+One process tree, one run (needs `pip install -e .[bench]`):
+(a) ceiling: raw `trafilatura.bare_extraction` over the corpus bytes in 2 worker processes;
+(b) ours: the real Prefect flow `flows.ingest.ingest` (discover -> fetch -> extract -> tag -> detect
+    -> store -> alerts -> dashboard) on a fresh DuckDB file, the corpus served from RSS feeds on
+    several ports of 127.0.0.1 by an asyncio server in its own process (bench/corpus.py);
+(c) newspaper4k's `Article.parse` over the same bytes in 2 worker processes;
+(d) the same 1,000-article cycle on an empty store and on a store holding 1,000,000 articles
+    (synthesised with SQL: articles, article_signatures, stories, article_topics).
+
+Politeness is switched down for the local hosts (per_host 8, min_delay_s 0, concurrency 32): the
+benchmark measures the pipeline's own cost, not the delay a real site would ask for.
+
+Prints docs/s and ratios, peak RSS of the process tree (psutil, RSS summed over processes), the share
+of the flow's wall time spent in Prefect orchestration (wall minus time inside the flow body and task
+bodies, measured by wrapping them), and writes bench/results/pipeline.json (compared with the
+previous file when there is one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import functools
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT / "src", ROOT, ROOT / "bench"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import psutil  # noqa: E402
+
+import corpus  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "pipeline.json"
+HOSTS = 4
+WORKERS = 2
+STALL_S = 1800  # one flow run taking longer than this is reported as hung
+CUTOFF = "2016-01-01"  # the synthetic history of the scale test ends here
+
+
+# ---- process-tree memory ------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Samples the RSS of this process and all its descendants; peaks per phase."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.me = psutil.Process()
+        self.exclude: set[int] = set()
+        self.peak_tree = 0
+        self.peak_pipeline = 0
+        self.peak_by_role: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> tuple[int, int]:
+        total = pipeline = 0
+        roles: dict[str, int] = {}
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                rss = proc.memory_info().rss
+                role = _role(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += rss
+            roles[role] = roles.get(role, 0) + rss
+            if proc.pid not in self.exclude:
+                pipeline += rss
+        for role, rss in roles.items():
+            self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), rss)
+        return total, pipeline
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            total, pipeline = self._sample()
+            self.peak_tree = max(self.peak_tree, total)
+            self.peak_pipeline = max(self.peak_pipeline, pipeline)
+
+    def reset(self) -> None:
+        self.peak_tree = self.peak_pipeline = 0
+        self.peak_by_role = {}
+
+    def roles_mb(self) -> dict[str, float]:
+        return {k: mb(v) for k, v in sorted(self.peak_by_role.items(), key=lambda kv: -kv[1])}
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def tree_cpu_seconds(self) -> float:
+        return sum(self.cpu_by_role().values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU of the live tree plus its reaped children (pool workers that already exited), by role."""
+        out: dict[str, float] = {}
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            if proc.pid in self.exclude:
+                continue
+            try:
+                t = proc.cpu_times()
+                role = _role(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            out[role] = out.get(role, 0.0) + t.user + t.system + t.children_user + t.children_system
+        return out
+
+
+def _role(proc: psutil.Process) -> str:
+    cmd = " ".join(proc.cmdline())
+    if proc.pid == os.getpid():
+        return "bench+flow (main)"
+    for key, role in (("uvicorn", "prefect server"), ("prefect", "prefect server"),
+                      ("forkserver import main", "extraction workers (forkserver)"),
+                      ("resource_tracker", "resource tracker"), ("spawn_main", "spawned workers")):
+        if key in cmd:
+            return role
+    return proc.name()
+
+
+def mb(n: int) -> float:
+    return round(n / 1024 / 1024, 1)
+
+
+# ---- (a) and (c): extractors over the same bytes -------------------------------------------------
+
+_BASE: list[bytes] = []
+
+
+def _init_worker() -> None:
+    warnings.simplefilter("ignore")
+    _BASE.extend(corpus.load_base())
+
+
+Job = tuple[corpus.CorpusSet, list[int]]
+JobResult = tuple[int, float, float, int]  # docs, busy seconds, CPU seconds (extraction only), with text
+
+
+def _raw_trafilatura(job: Job) -> JobResult:
+    import trafilatura
+
+    s, idx = job
+    busy = cpu = 0.0
+    ok = 0
+    for i in idx:
+        raw = corpus.article_bytes(_BASE, s, i)
+        t0, c0 = time.perf_counter(), time.process_time()
+        doc = trafilatura.bare_extraction(raw, url=f"http://127.0.0.1{s.path(i)}", include_comments=False,
+                                          with_metadata=True, include_tables=True)
+        busy += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        ok += bool(getattr(doc, "text", None))
+    return len(idx), busy, cpu, ok
+
+
+def _newspaper(job: Job) -> JobResult:
+    from newspaper import Article
+
+    s, idx = job
+    busy = cpu = 0.0
+    ok = 0
+    for i in idx:
+        raw = corpus.article_bytes(_BASE, s, i)
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            # newspaper4k wants text: decoding is part of its cost (trafilatura takes bytes)
+            art = Article(f"http://127.0.0.1{s.path(i)}", fetch_images=False)
+            art.download(input_html=raw.decode("utf-8", "replace"))
+            art.parse()
+            ok += bool(art.text)
+        except Exception:  # e.g. its Korean tokenizer needs nltk: a failed page, not a failed run
+            pass
+        busy += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+    return len(idx), busy, cpu, ok
+
+
+def run_extractor(name: str, fn: Callable[[Job], JobResult],
+                  s: corpus.CorpusSet, sampler: RssSampler) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")  # the flow's own pool owns the forkserver
+    chunks = [(s, list(range(i, min(i + 20, s.n)))) for i in range(0, s.n, 20)]
+    with ctx.Pool(WORKERS, initializer=_init_worker) as pool:
+        pool.map(fn, [(s, [0])] * WORKERS)  # warm: imports and base pages loaded in both workers
+        sampler.reset()
+        cpu0, t0 = sampler.tree_cpu_seconds(), time.perf_counter()
+        got = pool.map(fn, chunks, chunksize=1)
+        wall = time.perf_counter() - t0
+        cpu = sampler.tree_cpu_seconds() - cpu0
+    n = sum(g[0] for g in got)
+    busy = sum(g[1] for g in got)
+    out = {"docs": n, "with_text": sum(g[3] for g in got), "wall_s": round(wall, 2),
+           "docs_per_s": round(n / wall, 2),
+           # extraction time only (building the page variant excluded), spread over the workers
+           "docs_per_s_busy": round(n / (busy / WORKERS), 2),
+           "cpu_cores_used": round(cpu / wall, 2), "peak_rss_mb": mb(sampler.peak_tree),
+           # CPU seconds per document: the load-robust figure on a shared machine
+           "cpu_ms_per_doc": round(1000 * sum(g[2] for g in got) / n, 2)}
+    print(f"  {name}: {n} docs in {wall:.1f}s = {out['docs_per_s']} docs/s "
+          f"(busy-time basis {out['docs_per_s_busy']}), {out['with_text']} with text, "
+          f"{out['cpu_cores_used']} cores, {out['cpu_ms_per_doc']} CPU ms/doc", flush=True)
+    return out
+
+
+# ---- (b): the flow, with the time inside bodies measured ----------------------------------------
+
+STAGES = ("discover", "fetch_batch", "extract_and_tag", "detect_and_store", "deliver", "dashboard")
+
+
+@dataclass
+class Timings:
+    body: dict[str, float] = field(default_factory=dict)
+    overhead: dict[str, float] = field(default_factory=dict)  # task runs: time around the body
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, kind: str, name: str, dt: float) -> None:
+        d = self.body if kind == "body" else self.overhead
+        with self.lock:
+            d[name] = d.get(name, 0.0) + dt
+
+    def reset(self) -> None:
+        self.body.clear()
+        self.overhead.clear()
+
+
+TIMINGS = Timings()
+
+
+def _timed_body(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TIMINGS.add("body", name, time.perf_counter() - t0)
+
+    return wrapper
+
+
+class TimedTask:
+    """Stands in for a task in the flow module: a task run's cost minus its body's is orchestration.
+
+    For `.submit` the run is timed from the submit call to the moment its future completes (a done
+    callback), so the overhead counted includes Prefect's work in the runner thread.
+    """
+
+    def __init__(self, task: Any, name: str) -> None:
+        self.task, self.name = task, name
+        self.before = 0.0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with TIMINGS.lock:
+            before = TIMINGS.body.get(self.name, 0.0)
+        t0 = time.perf_counter()
+        try:
+            return self.task(*args, **kwargs)
+        finally:
+            with TIMINGS.lock:
+                body = TIMINGS.body.get(self.name, 0.0) - before
+            TIMINGS.add("overhead", self.name, time.perf_counter() - t0 - body)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        fut = self.task.submit(*args, **kwargs)
+        body_fn = self.task.fn
+
+        def done(_: Any) -> None:
+            TIMINGS.add("overhead", self.name, time.perf_counter() - t0 - getattr(body_fn, "last", 0.0))
+
+        fut.add_done_callback(done)
+        return fut
+
+
+def _timed_submitted_body(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            wrapper.last = dt  # type: ignore[attr-defined]
+            TIMINGS.add("body", name, dt)
+
+    return wrapper
+
+
+def instrument_flow() -> Any:
+    """Time task bodies (task.fn), task runs (the module globals the flow calls) and the flow body."""
+    import flows.ingest as fi
+
+    for name in STAGES:
+        task = getattr(fi, name)
+        task.fn = (_timed_submitted_body if name == "extract_and_tag" else _timed_body)(task.fn, name)
+        setattr(fi, name, TimedTask(task, name))
+    fi.ingest.fn = _timed_body(fi.ingest.fn, "flow")
+    # the wrapper's string annotations cannot be resolved in this module; the parameters are plain str
+    fi.ingest.should_validate_parameters = False
+    return fi.ingest
+
+
+def write_config(folder: Path, sets: list[corpus.CorpusSet], ports: list[int], name: str, db: Path) -> Path:
+    cfg = folder / f"config-{name}-{db.stem}"
+    cfg.mkdir(parents=True, exist_ok=True)
+    (cfg / "sources.toml").write_text(corpus.sources_toml(sets, ports, name))
+    (cfg / "monitor.toml").write_text(f"""
+topics_file = "{ROOT / 'config' / 'topics.toml'}"
+[storage]
+path = "{db}"
+[fetch]
+allow_private = ["127.0.0.1"]
+# local hosts: politeness down so that it does not dominate (a real site sets these)
+per_host = 8
+min_delay_s = 0
+concurrency = 32
+retries = 1
+backoff_s = 0.2
+max_links_per_source = 100000
+[extract]
+workers = {WORKERS}
+[dashboard]
+path = "{folder / (db.stem + '-dashboard.html')}"
+""")
+    return cfg
+
+
+def run_flow(ingest: Any, cfg: Path, n: int, sampler: RssSampler, label: str) -> dict[str, Any]:
+    TIMINGS.reset()
+    sampler.reset()
+    roles0, t0 = sampler.cpu_by_role(), time.perf_counter()
+    # a hung run (e.g. a DuckDB deadlock) prints every thread's stack and ends the benchmark
+    faulthandler.dump_traceback_later(STALL_S, exit=True)
+    try:
+        stats = ingest(str(cfg))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    wall = time.perf_counter() - t0
+    roles = {k: v - roles0.get(k, 0.0) for k, v in sampler.cpu_by_role().items()}
+    cpu = sum(roles.values())
+    # before/after the flow body (flow run setup, state changes) plus every task run's time around its body
+    orchestration = (wall - TIMINGS.body.get("flow", 0.0)) + sum(TIMINGS.overhead.values())
+    stored = sum(stats["statuses"].values())
+    out = {"articles": n, "stored": stored, "statuses": stats["statuses"], "wall_s": round(wall, 2),
+           "docs_per_s": round(stored / wall, 2), "cpu_cores_used": round(cpu / wall, 2),
+           "cpu_ms_per_doc": round(1000 * cpu / max(stored, 1), 2),
+           "cpu_ms_per_doc_by_role": {k: round(1000 * v / max(stored, 1), 2) for k, v in roles.items()},
+           "orchestration_s": round(orchestration, 2), "orchestration_share": round(orchestration / wall, 4),
+           "stage_s": {k: round(v, 2) for k, v in TIMINGS.body.items()},
+           "task_overhead_s": {k: round(v, 3) for k, v in TIMINGS.overhead.items()},
+           "peak_rss_mb_pipeline": mb(sampler.peak_pipeline), "peak_rss_mb_tree": mb(sampler.peak_tree),
+           "peak_rss_mb_by_role": sampler.roles_mb()}
+    print(f"  {label}: {stored} articles in {wall:.1f}s = {out['docs_per_s']} docs/s, "
+          f"{out['cpu_cores_used']} cores, {out['cpu_ms_per_doc']} CPU ms/doc, orchestration {orchestration:.2f}s "
+          f"({100 * out['orchestration_share']:.1f}%), peak RSS {out['peak_rss_mb_pipeline']} MB "
+          f"(tree with corpus server {out['peak_rss_mb_tree']} MB)", flush=True)
+    print(f"    stages (body seconds): {out['stage_s']}  statuses: {stats['statuses']}", flush=True)
+    print(f"    peak RSS by process role (MB): {out['peak_rss_mb_by_role']}", flush=True)
+    print(f"    CPU ms/doc by process role: {out['cpu_ms_per_doc_by_role']}", flush=True)
+    return out
+
+
+# ---- (d): a big store, synthesised ---------------------------------------------------------------
+
+
+def synth_store(path: Path, n: int) -> float:
+    """A store holding `n` articles over the 365 days before CUTOFF (5 per story, 1 in 10 tagged).
+
+    At that rate (1M a year) a two-week novelty window holds ~38,000 articles.
+    """
+    import monitor.store as store_mod
+
+    t0 = time.perf_counter()
+    # rows go in under the initial schema; the later migrations then run on them as on a real store
+    # being upgraded (so tables derived from article_signatures are backfilled by their own migration)
+    every = list(store_mod.MIGRATIONS)
+    store_mod.MIGRATIONS[:] = [m for m in every if m[0] <= 2]
+    try:
+        with store_mod.open_store(path) as store:
+            _synth_rows(store.con, n)
+    finally:
+        store_mod.MIGRATIONS[:] = every
+    with store_mod.open_store(path) as store:
+        store.con.execute("CHECKPOINT")
+    return time.perf_counter() - t0
+
+
+def _synth_rows(con: Any, n: int) -> None:
+    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"""
+        CREATE TEMP TABLE g AS SELECT i,
+          left(md5('a' || i), 16) AS id,
+          's-' || left(md5('a' || (i // 5 * 5)), 16) AS story_id,
+          TIMESTAMPTZ '{CUTOFF} 00:00:00+00' - to_microseconds(CAST((i::DOUBLE / {n}) * 365 * 86400e6 AS BIGINT))
+            AS t,
+          'big-src-' || (i % 200) AS source_id,
+          sha1('text' || i) AS content_hash
+        FROM range({n}) r(i)
+    """)
+    con.execute("""
+        INSERT INTO articles (id, url, source_id, status, title, text, lang, lang_confidence, extractor,
+                              content_hash, story_id, published, fetched_at, first_seen, run_id)
+        SELECT id, 'https://site' || (i % 500) || '.example/news/' || i || '-story.html', source_id,
+               CASE WHEN i % 10 = 9 THEN 'duplicate' ELSE 'ok' END, 'Synthetic headline number ' || i,
+               repeat('Synthetic article body words about ministers talks and numbers ' || (i % 977) || '. ', 6),
+               'en', 0.99, 'trafilatura', content_hash, story_id, t, t, t, 'synth'
+        FROM g
+    """)
+    con.execute("""
+        INSERT INTO article_signatures
+        SELECT id, story_id, t, content_hash,
+               unhex(md5(id || 1) || md5(id || 2) || md5(id || 3) || md5(id || 4) || md5(id || 5)
+                     || md5(id || 6) || md5(id || 7) || md5(id || 8) || md5(id || 9) || md5(id || 10)
+                     || md5(id || 11) || md5(id || 12) || md5(id || 13) || md5(id || 14) || md5(id || 15)
+                     || md5(id || 16)),
+               ['#' || (i * 7919 % 50000), '#' || (i * 104729 % 50000), 'k' || (i // 5 % 30000),
+                'k' || (i * 31 % 30000), 'k' || (i * 17 % 20000), 'k' || (i // 5 * 13 % 30000)],
+               source_id
+        FROM g
+    """)
+    con.execute("""
+        INSERT INTO stories
+        SELECT story_id, 'Synthetic story ' || i, t, t + INTERVAL 6 HOUR, id,
+               CASE WHEN i % 50 = 0 THEN ['ukraine-peace-talks'] ELSE [] END,
+               ['#' || (i * 7919 % 50000), 'k' || (i // 5 % 30000), 'k' || (i // 5 * 13 % 30000)],
+               false, '{}'::JSON, []
+        FROM g WHERE i % 5 = 0
+    """)
+    con.execute("""
+        INSERT INTO article_topics
+        SELECT id, 'ukraine-peace-talks', 1.5, '{}'::JSON, t FROM g WHERE i % 10 = 0
+    """)
+    con.execute("DROP TABLE g")
+
+
+# ---- harness --------------------------------------------------------------------------------------
+
+
+def dated_picks(work: Path, limit: int = 600) -> tuple[int, ...]:
+    """Base pages dated from CUTOFF on (cached in the work folder: ~1 min to find)."""
+    cache = work / f"picks-{limit}-{CUTOFF}.json"
+    if cache.exists():
+        return tuple(json.loads(cache.read_text()))
+    picks = corpus.pages_dated_from(corpus.load_base(), limit, CUTOFF)
+    work.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(picks))
+    return tuple(picks)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@contextmanager
+def corpus_server(sets: list[corpus.CorpusSet], ports: list[int], sampler: RssSampler) -> Iterator[None]:
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=corpus.serve, args=(sets, ports, ready), daemon=True)
+    proc.start()
+    assert proc.pid is not None
+    sampler.exclude.add(proc.pid)
+    if not ready.wait(120):
+        proc.kill()
+        raise RuntimeError("corpus server did not start")
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.join()
+
+
+def machine_info() -> dict[str, Any]:
+    def git_describe() -> str:
+        try:
+            return subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return "unknown"
+
+    import duckdb
+    import trafilatura
+
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "trafilatura": trafilatura.__version__, "duckdb": duckdb.__version__,
+            "git": git_describe(), "when": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def compare(prev: dict[str, Any], cur: dict[str, Any]) -> None:
+    keys = [("ceiling", "docs_per_s"), ("ours", "docs_per_s"), ("newspaper4k", "docs_per_s"),
+            ("ratios", "ours_vs_ceiling"), ("ratios", "ours_vs_newspaper4k"), ("ours", "peak_rss_mb_pipeline"),
+            ("ours", "orchestration_share"), ("scale", "ratio")]
+    print(f"\ncompared with the previous run ({prev.get('machine', {}).get('git', '?')}, "
+          f"{prev.get('config', {}).get('articles', '?')} articles):")
+    for a, b in keys:
+        old, new = (prev.get(a) or {}).get(b), (cur.get(a) or {}).get(b)
+        if old is not None and new is not None:
+            print(f"  {a}.{b}: {old} -> {new}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--articles", type=int, default=5000)
+    ap.add_argument("--cycle", type=int, default=1000, help="articles of the empty-vs-big store cycle")
+    ap.add_argument("--big", type=int, default=1_000_000, help="articles in the big store")
+    ap.add_argument("--quick", action="store_true", help="300 articles, 200-article cycle, 100k store")
+    ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--skip-newspaper", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="pyinstrument the flow run (b) into bench/results/")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "monitor-bench")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.articles, args.cycle, args.big = min(args.articles, 300), min(args.cycle, 200), min(args.big, 100_000)
+    work = args.workdir
+    run_dir = work / f"run-{os.getpid()}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # a private Prefect home: no lock contention with anyone else's ~/.prefect database
+    os.environ["PREFECT_HOME"] = str(run_dir / "prefect")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    warnings.simplefilter("ignore")
+
+    main_set = corpus.CorpusSet("main", args.articles, 0)
+    # other variants than the main set, of pages dated from CUTOFF on (or undated): the synthetic
+    # history ends at CUTOFF, so the novelty window reaches as far into it as it would for fresh news
+    cycle_set = corpus.CorpusSet("cycle", args.cycle, 7 * 1171 + 13,
+                                 picks=() if args.skip_scale else dated_picks(work))
+    warm_set = corpus.CorpusSet("warm", 20, 3 * 1171 + 5)
+    sets = [main_set, cycle_set, warm_set]
+    ports = free_ports(HOSTS)
+    result: dict[str, Any] = {"machine": machine_info(),
+                              "config": {"articles": args.articles, "cycle": args.cycle, "big_store": args.big,
+                                         "hosts": HOSTS, "workers": WORKERS, "per_host": 8, "min_delay_s": 0,
+                                         "concurrency": 32, "batch_size": 200, "store_html": True},
+                              "note": "measured on a shared 2-core machine while other work ran (see loadavg)"}
+    print(f"bench: {args.articles} articles on {HOSTS} hosts, load average {os.getloadavg()[0]:.2f}", flush=True)
+    sampler = RssSampler().start()
+    from monitor.cli import quiet_prefect
+
+    quiet_prefect(run_dir / "logs")
+    try:
+        with corpus_server(sets, ports, sampler):
+            print("(a) ceiling: raw trafilatura.bare_extraction, 2 processes", flush=True)
+            result["ceiling"] = run_extractor("trafilatura", _raw_trafilatura, main_set, sampler)
+            ingest = instrument_flow()
+            print("(b) ours: the Prefect flow, discover -> store", flush=True)
+            ingest(str(write_config(run_dir, sets, ports, "warm", run_dir / "warm.duckdb")))  # starts Prefect
+            cfg = write_config(run_dir, sets, ports, "main", run_dir / "main.duckdb")
+            if args.profile:
+                from pyinstrument import Profiler
+
+                with Profiler(interval=0.005) as prof:
+                    result["ours"] = run_flow(ingest, cfg, args.articles, sampler, "flow")
+                prof_path = args.out.with_name("pipeline-profile.txt")
+                prof_path.write_text(prof.output_text(unicode=False, show_all=False))
+                print(f"  profile: {prof_path}")
+            else:
+                result["ours"] = run_flow(ingest, cfg, args.articles, sampler, "flow")
+            result["ours"]["db_mb"] = mb((run_dir / "main.duckdb").stat().st_size)
+            if not args.skip_newspaper:
+                print("(c) newspaper4k Article.parse, 2 processes", flush=True)
+                result["newspaper4k"] = run_extractor("newspaper4k", _newspaper, main_set, sampler)
+            if not args.skip_scale:
+                result["scale"] = scale(ingest, run_dir, work, sets, ports, args, sampler)
+    finally:
+        sampler.stop()
+    ratios = {"ours_vs_ceiling": round(result["ours"]["docs_per_s"] / result["ceiling"]["docs_per_s"], 3),
+              "ours_vs_ceiling_busy": round(result["ours"]["docs_per_s"] / result["ceiling"]["docs_per_s_busy"], 3),
+              # CPU per doc, ceiling over ours: what the wall ratio would be on an otherwise idle machine
+              "ours_vs_ceiling_cpu": round(result["ceiling"]["cpu_ms_per_doc"] / result["ours"]["cpu_ms_per_doc"], 3)}
+    if "newspaper4k" in result:
+        ratios["ours_vs_newspaper4k"] = round(result["ours"]["docs_per_s"] / result["newspaper4k"]["docs_per_s"], 3)
+        ratios["ours_vs_newspaper4k_cpu"] = round(result["newspaper4k"]["cpu_ms_per_doc"]
+                                                  / result["ours"]["cpu_ms_per_doc"], 3)
+    result["ratios"] = ratios
+    result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report(result)
+    if args.out.exists():
+        with suppress(ValueError, OSError):
+            compare(json.loads(args.out.read_text()), result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"written: {args.out}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
+def scale(ingest: Any, run_dir: Path, work: Path, sets: list[corpus.CorpusSet], ports: list[int],
+          args: argparse.Namespace, sampler: RssSampler) -> dict[str, Any]:
+    print(f"(d) the same {args.cycle}-article cycle on an empty store and on a {args.big:,}-article store",
+          flush=True)
+    from monitor.store import MIGRATIONS
+
+    cached = work / f"big-{args.big}-m{max(v for v, _, _ in MIGRATIONS)}-{CUTOFF}.duckdb"
+    synth_s = None
+    if not cached.exists():
+        synth_s = synth_store(cached.with_suffix(".tmp"), args.big)
+        cached.with_suffix(".tmp").replace(cached)
+        print(f"  synthesised the big store in {synth_s:.1f}s ({mb(cached.stat().st_size)} MB)", flush=True)
+    big = run_dir / "big.duckdb"
+    shutil.copy(cached, big)
+    empty = run_flow(ingest, write_config(run_dir, sets, ports, "cycle", run_dir / "empty.duckdb"),
+                     args.cycle, sampler, "empty store")
+    full = run_flow(ingest, write_config(run_dir, sets, ports, "cycle", big), args.cycle, sampler,
+                    f"{args.big:,}-article store")
+    def store_side(r: dict[str, Any]) -> float:  # the stages that read or write the store
+        st = r["stage_s"]
+        return sum(st.get(k, 0.0) for k in ("discover", "detect_and_store", "deliver", "dashboard"))
+
+    out = {"empty": empty, "big": full, "big_store_articles": args.big, "synth_s": synth_s,
+           "ratio": round(full["wall_s"] / empty["wall_s"], 3),
+           # less sensitive to other load on the machine than the wall-time ratio
+           "ratio_cpu": round(full["cpu_ms_per_doc"] / empty["cpu_ms_per_doc"], 3),
+           "store_stages_s": [round(store_side(empty), 2), round(store_side(full), 2)]}
+    print(f"  ratio {out['ratio']} (CPU per doc {out['ratio_cpu']}); store-side stages "
+          f"{out['store_stages_s'][0]}s -> {out['store_stages_s'][1]}s", flush=True)
+    return out
+
+
+def report(r: dict[str, Any]) -> None:
+    ours, ceil = r["ours"], r["ceiling"]
+    print("\n== results (shared machine: figures taken under load) ==")
+    print(f"ceiling (raw trafilatura, {WORKERS} procs): {ceil['docs_per_s']} docs/s")
+    print(f"ours (full flow):                   {ours['docs_per_s']} docs/s  -> "
+          f"{r['ratios']['ours_vs_ceiling']}x the ceiling (goal >= 0.9); by CPU per doc "
+          f"{r['ratios']['ours_vs_ceiling_cpu']}x")
+    if "newspaper4k" in r:
+        print(f"newspaper4k ({WORKERS} procs):            {r['newspaper4k']['docs_per_s']} docs/s  -> ours is "
+              f"{r['ratios']['ours_vs_newspaper4k']}x (goal >= 2); by CPU per doc "
+              f"{r['ratios']['ours_vs_newspaper4k_cpu']}x")
+    print(f"peak RSS, pipeline tree: {ours['peak_rss_mb_pipeline']} MB for {ours['articles']} articles "
+          f"(goal <= 1024 MB for 20,000)")
+    print(f"Prefect orchestration: {100 * ours['orchestration_share']:.1f}% of the flow's wall time (goal <= 5%)")
+    if "scale" in r:
+        s = r["scale"]
+        print(f"{r['config']['cycle']}-article cycle: empty store {s['empty']['wall_s']}s, "
+              f"{s['big_store_articles']:,}-article store {s['big']['wall_s']}s -> {s['ratio']}x (goal <= 1.2); "
+              f"by CPU per doc {s['ratio_cpu']}x")
+
+
+if __name__ == "__main__":
+    main()
