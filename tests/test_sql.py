@@ -230,3 +230,14 @@ def test_every_query_in_docs_sql_runs(db: Path) -> None:
     assert all(r.columns for r in results)
     outcomes = next(r for r in results if r.columns == ["source_id", "status", "articles"])
     assert outcomes.rows() == [("wire", "ok", 12)]
+
+
+def test_search_index_rebuild_is_throttled_but_can_be_forced(db: Path) -> None:
+    from monitor.snapshot import refresh_search_index
+
+    _fill(db, "r2", [_article("fr1", 100)])
+    with open_store(db) as store:
+        assert refresh_search_index(store.con) is None  # built moments ago by publish(): wait
+        assert refresh_search_index(store.con, force=True) is not None
+        assert store.scalar("SELECT articles FROM search_index_state") == store.scalar(
+            "SELECT count(*) FROM articles")

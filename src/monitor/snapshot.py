@@ -63,19 +63,38 @@ def load_fts(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"LOAD '{fts_extension_path()}'")
 
 
-def refresh_search_index(con: duckdb.DuckDBPyConnection) -> float | None:
+REINDEX_MIN_INTERVAL_S = 15 * 60
+REINDEX_MAX_SHARE = 0.05
+
+
+def _rebuilt_recently(built_at: datetime | None, seconds: float | None) -> bool:
+    """Keep whole-index rebuilds to about 5% of the time: a rebuild that took 30 s waits 10 min.
+
+    On a large store the rebuild (about 1–2 ms per article) would otherwise hold the run lock on
+    every run; search then lags the database by at most this interval.
+    """
+    if built_at is None:
+        return False
+    wait = max(REINDEX_MIN_INTERVAL_S, (seconds or 0.0) / REINDEX_MAX_SHARE)
+    return (datetime.now(UTC) - built_at).total_seconds() < wait
+
+
+def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) -> float | None:
     """Rebuild the BM25 index over articles when articles changed since it was built.
 
     DuckDB's fts index cannot be updated in place, so it is rebuilt whole (about 1 ms per article);
-    runs that stored no article (most scheduled runs) skip it. Returns the seconds spent, or None.
+    runs that stored no article (most scheduled runs) skip it, and so do runs soon after a rebuild
+    (see `_rebuilt_recently`) unless `force`. Returns the seconds spent, or None.
     """
     row = con.execute("SELECT count(*), max(first_seen) FROM articles").fetchone()
     count, newest = (int(row[0]), row[1]) if row else (0, None)
-    state = con.execute("SELECT articles, newest FROM search_index_state").fetchone()
+    state = con.execute("SELECT articles, newest, built_at, seconds FROM search_index_state").fetchone()
     has_index = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = 'docs'", [FTS_SCHEMA]
     ).fetchone()
     if state and has_index and has_index[0] and state[0] == count and state[1] == newest:
+        return None
+    if state and has_index and has_index[0] and not force and _rebuilt_recently(state[2], state[3]):
         return None
     started = time.monotonic()
     load_fts(con)
