@@ -9,8 +9,10 @@ Definitions (docs/novelty.md):
   and brings enough facts the story has not had), `surge` (a story reaches N independent sources
   within T hours).
 
-Candidates come from an inverted index (fact key -> stories) and MinHash LSH buckets built over a
-time window only, so the cost per article does not grow with the history. Pure: no IO.
+Candidates: the store looks the batch's keys up in its indexes over the time window (content hash,
+MinHash LSH bands, fact keys -> articles and stories, see `candidate_query` and
+Store.novelty_candidates), so the cost per article does not grow with the history. `decide` works
+from those candidates only. Pure: no IO.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from typing import Any
 
 import numpy as np
 from anyascii import anyascii
-from datasketch import MinHash, MinHashLSH
+from datasketch import MinHash
 
 from monitor.config import NoveltyConfig
 from monitor.models import Article, Development
-from monitor.store import StoryRow, WindowEntry
+from monitor.store import LSH_BANDS, LSH_ROWS, CandidateQuery, NoveltyCandidates, StoryRow, WindowEntry
 
 NUM_PERM = 64
 SCHEME = "affine32"  # datasketch 2 scheme: stored signatures are 64 × uint32
@@ -47,6 +49,16 @@ _SENT_END = re.compile(r"[.!?…:;\"“”«»]\s*$")
 class NoveltyItem:
     article: Article
     topics: list[str]  # matched topic ids, best first
+
+
+@dataclass(slots=True)
+class Prepared:
+    """An article to decide, with what every lookup needs computed once."""
+
+    item: NoveltyItem
+    at: datetime
+    minhash: MinHash
+    facts: dict[str, str]
 
 
 @dataclass(slots=True)
@@ -175,48 +187,54 @@ def event_time(a: Article) -> datetime:
     return t
 
 
-class Detector:
-    """Holds the window index (LSH, fact -> stories) and decides one article at a time."""
+def _bands(hv: np.ndarray) -> list[tuple[int, bytes]]:
+    return [(b, hv[b * LSH_ROWS:(b + 1) * LSH_ROWS].tobytes()) for b in range(LSH_BANDS)]
 
-    def __init__(self, cfg: NoveltyConfig, entries: Sequence[WindowEntry], stories: Sequence[StoryRow],
-                 outlets: dict[str, str] | None = None):
+
+class Detector:
+    """Holds the batch's candidates (LSH bands, fact -> stories/articles) and decides one article at a time."""
+
+    def __init__(self, cfg: NoveltyConfig, cand: NoveltyCandidates, outlets: dict[str, str] | None = None):
         self.cfg = cfg
         self.outlets = outlets or {}
-        self.lsh = MinHashLSH(threshold=cfg.duplicate_threshold, num_perm=NUM_PERM)
-        self.minhashes: dict[str, MinHash] = {}
+        self.buckets: dict[tuple[int, bytes], set[str]] = defaultdict(set)
+        self.minhashes: dict[str, np.ndarray] = {}
         self.by_hash: dict[str, str] = {}
         self.entry_story: dict[str, str | None] = {}
         self.entry_time: dict[str, datetime] = {}
-        self.stories: dict[str, StoryRow] = {s.id: s for s in stories}
+        self.stories: dict[str, StoryRow] = {s.id: s for s in cand.stories}
         self.fact_index: dict[str, set[str]] = defaultdict(set)
-        # article level (non-duplicates): fact -> articles, article -> facts (for the echo test)
+        # article level: fact -> articles (for the echo test)
         self.art_index: dict[str, set[str]] = defaultdict(set)
-        self.art_facts: dict[str, frozenset[str]] = {}
-        self.df: Counter[str] = Counter()
-        self.n_docs = 0
+        self.df: Counter[str] = Counter(cand.df)
+        self.n_docs = cand.n_docs
         self.story_sources: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
         self.changed: dict[str, StoryRow] = {}
-        for e in entries:
-            self._index_entry(e)
-        for s in stories:
+        for e in cand.entries:
+            self._index_entry(e, counted=False)
+        for sid, t, src in cand.story_sources:
+            self.story_sources[sid].append((t, self.outlets.get(src, src)))
+        for s in cand.stories:
             for f in s.facts:
                 self.fact_index[f].add(s.id)
 
-    def _index_entry(self, e: WindowEntry, duplicate: bool = False) -> None:
+    def _index_entry(self, e: WindowEntry, duplicate: bool = False, counted: bool = True) -> None:
+        """Index an entry; `counted`: add it to df/n_docs/story sources too (stored ones come counted)."""
         if e.content_hash:
             self.by_hash.setdefault(e.content_hash, e.article_id)
         if e.minhash and e.article_id not in self.minhashes:
-            mh = _mh_from(e.minhash)
-            self.minhashes[e.article_id] = mh
-            self.lsh.insert(e.article_id, mh)
+            hv = np.frombuffer(e.minhash, dtype=np.uint32)
+            self.minhashes[e.article_id] = hv
+            for band in _bands(hv):
+                self.buckets[band].add(e.article_id)
         self.entry_story[e.article_id] = e.story_id
         self.entry_time[e.article_id] = e.first_seen
         if not duplicate:
-            self.n_docs += 1
-            self.df.update(set(e.facts))
-            self.art_facts[e.article_id] = frozenset(e.facts)
             for f in e.facts:
                 self.art_index[f].add(e.article_id)
+        if counted and not duplicate:
+            self.n_docs += 1
+            self.df.update(set(e.facts))
             if e.story_id:
                 self.story_sources[e.story_id].append((e.first_seen, self.outlets.get(e.source_id, e.source_id)))
 
@@ -226,9 +244,13 @@ class Detector:
     def find_duplicate(self, a: Article, mh: MinHash) -> str | None:
         if a.content_hash and a.content_hash in self.by_hash:
             return self.by_hash[a.content_hash]
+        hv = np.asarray(mh.hashvalues, dtype=np.uint32)
+        cands: set[str] = set()
+        for band in _bands(hv):  # an LSH candidate shares a whole band (datasketch's rule)
+            cands |= self.buckets.get(band, set())
         best, best_j = None, 0.0
-        for cand in sorted(self.lsh.query(mh)):
-            j = mh.jaccard(self.minhashes[cand])
+        for cand in sorted(cands):
+            j = float(np.count_nonzero(hv == self.minhashes[cand])) / len(hv)
             if j >= self.cfg.duplicate_threshold and j > best_j:
                 best, best_j = cand, j
         return best
@@ -311,27 +333,87 @@ class Detector:
         return len(sources) >= self.cfg.surge_sources
 
 
+def prepare(items: Sequence[NoveltyItem]) -> list[Prepared]:
+    """The articles to decide (ok, with text) in event-time order, with their MinHash and facts."""
+    ordered = sorted((it for it in items if it.article.status == "ok" and it.article.text),
+                     key=lambda it: (event_time(it.article), it.article.id))
+    return [Prepared(it, event_time(it.article), minhash_of(it.article.text or ""),
+                     extract_facts(it.article.text or "", it.article.title, it.article.lang)) for it in ordered]
+
+
+def candidate_query(prepared: Sequence[Prepared], cfg: NoveltyConfig, now: datetime) -> CandidateQuery:
+    """The keys and time ranges the store looks up for a batch (`now` when nothing is to be decided)."""
+    first = min((p.at for p in prepared), default=now)
+    last = max((p.at for p in prepared), default=now)
+    return CandidateQuery(
+        since=first - timedelta(hours=cfg.window_hours), echo_since=first - timedelta(hours=cfg.echo_hours),
+        until=last, surge_since=first - timedelta(hours=cfg.surge_hours),
+        hashes=sorted({p.item.article.content_hash for p in prepared if p.item.article.content_hash}),
+        facts=sorted({k for p in prepared for k in p.facts}),
+        minhashes=[_mh_bytes(p.minhash) for p in prepared] if prepared else [],
+        story_keys=lambda df, n_docs: story_keys(prepared, df, n_docs, cfg))
+
+
+def story_keys(prepared: Sequence[Prepared], df: dict[str, int], n_docs: int, cfg: NoveltyConfig) -> list[str]:
+    """The facts a stored story must hold to be able to take one of the articles (prefix filtering).
+
+    A story holding only an article's commonest facts scores at most their IDF weight; while that
+    stays below the lowest linking share (story_threshold_topic or story_threshold) of the article's
+    total weight, the story cannot take it, so those facts need not be looked up. Weights are bounded
+    for the whole batch (its articles raise df and n_docs by at most the batch size), so the cut
+    never loses a story the detector could pick.
+    """
+    b = len(prepared)
+    floor = min(cfg.story_threshold, cfg.story_threshold_topic) * (1 - 1e-9)
+    keys: set[str] = set()
+    for p in prepared:
+        most = {k: math.log(1 + (n_docs + b + 1) / (1 + df.get(k, 0))) for k in p.facts}
+        least = sum(math.log(1 + (n_docs + 1) / (1 + df.get(k, 0) + b)) for k in p.facts)
+        ranked = sorted(p.facts, key=lambda k: (most[k], k))
+        cut = 0.0
+        for i, k in enumerate(ranked):
+            if cut + most[k] >= floor * least:
+                keys.update(ranked[i:])
+                break
+            cut += most[k]
+    return sorted(keys)
+
+
+def window_candidates(entries: Sequence[WindowEntry], stories: Sequence[StoryRow]) -> NoveltyCandidates:
+    """A whole window as candidates (what the store's lookup narrows down; used on small windows)."""
+    df: Counter[str] = Counter()
+    sources: list[tuple[str, datetime, str]] = []
+    for e in entries:
+        df.update(set(e.facts))
+        if e.story_id:
+            sources.append((e.story_id, e.first_seen, e.source_id))
+    return NoveltyCandidates(list(entries), list(stories), dict(df), len(entries), sources)
+
+
 def detect(items: Sequence[NoveltyItem], entries: Sequence[WindowEntry], stories: Sequence[StoryRow],
+           cfg: NoveltyConfig, outlets: dict[str, str] | None = None) -> NoveltyResult:
+    """Decide new articles against a whole window (entries, stories); see `decide`."""
+    return decide(items, prepare(items), window_candidates(entries, stories), cfg, outlets)
+
+
+def decide(items: Sequence[NoveltyItem], prepared: Sequence[Prepared], cand: NoveltyCandidates,
            cfg: NoveltyConfig, outlets: dict[str, str] | None = None) -> NoveltyResult:
     """Decide duplicates, stories and developments for new articles, in event-time order.
 
-    `outlets` maps source ids to outlets, so that a feed and a sitemap of one outlet count once.
+    `prepared` is `prepare(items)`; `cand` what the window holds for them (at least the store's
+    candidates for `candidate_query(prepared)`). `outlets` maps source ids to outlets, so that a
+    feed and a sitemap of one outlet count once.
     """
-    det = Detector(cfg, entries, stories, outlets)
+    det = Detector(cfg, cand, outlets)
     result = NoveltyResult(articles=[it.article for it in items])
-    ordered = sorted((it for it in items if it.article.status == "ok" and it.article.text),
-                     key=lambda it: (event_time(it.article), it.article.id))
-    for it in ordered:
-        _decide(det, it, result)
+    for p in prepared:
+        _decide(det, p, result)
     result.stories = sorted(det.changed.values(), key=lambda s: s.id)
     return result
 
 
-def _decide(det: Detector, it: NoveltyItem, result: NoveltyResult) -> None:
-    a = it.article
-    at = event_time(a)
-    mh = minhash_of(a.text or "")
-    facts = extract_facts(a.text or "", a.title, a.lang)
+def _decide(det: Detector, p: Prepared, result: NoveltyResult) -> None:
+    it, a, at, mh, facts = p.item, p.item.article, p.at, p.minhash, p.facts
     dup = det.find_duplicate(a, mh)
     if dup is not None:
         a.status, a.status_reason, a.duplicate_of = "duplicate", f"same text as {dup}", dup
@@ -379,9 +461,9 @@ def _decide(det: Detector, it: NoveltyItem, result: NoveltyResult) -> None:
         for k, surface in new.items():
             if k in flagged:
                 continue
-            p = story.pending.setdefault(k, {"surface": surface, "outlets": [], "article_id": a.id})
-            if outlet not in p["outlets"]:
-                p["outlets"] = sorted([*p["outlets"], outlet])
+            pend = story.pending.setdefault(k, {"surface": surface, "outlets": [], "article_id": a.id})
+            if outlet not in pend["outlets"]:
+                pend["outlets"] = sorted([*pend["outlets"], outlet])
         story.topics = sorted(set(story.topics) | set(it.topics))
         story.last_seen = max(story.last_seen, at)
     for k in facts:
