@@ -9,7 +9,7 @@ developments every time. It queues no alerts (analysts were told when the articl
 `retag`: re-evaluate the current topics on stored `ok` articles, replace `article_topics`, and record
 every topic added to or removed from an article in `retag_log`.
 
-The SQL below only touches columns this module owns the meaning of (extraction fields, derived state).
+All reading and writing goes through Store verbs; this module only wires the stages.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyarrow as pa
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
@@ -27,16 +26,8 @@ from monitor import novelty
 from monitor.config import Settings, load_settings
 from monitor.extract import ExtractInput, build_article, decompress_html, extract_batch, extraction_pool
 from monitor.models import Article, FetchResult, Link, TopicMatch
-from monitor.store import Store, open_store
+from monitor.store import STORED_ARTICLE_COLS, Store, open_store
 from monitor.topics import TopicSet
-
-_STORED = ("id", "url", "source_id", "status", "status_reason", "final_url", "canonical_url", "title",
-           "author", "published", "sitename", "description", "text", "lang", "lang_confidence", "extractor",
-           "content_hash", "feed_title", "feed_summary", "feed_published", "fetched_at", "first_seen")
-_UPDATED = ("status", "status_reason", "canonical_url", "title", "author", "published", "sitename",
-            "description", "text", "lang", "lang_confidence", "extractor", "content_hash", "duplicate_of",
-            "story_id")
-_TS = pa.timestamp("us", tz="UTC")
 
 
 def _run_id(kind: str) -> str:
@@ -51,18 +42,8 @@ def _chunks(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 # ---- reading ------------------------------------------------------------------------------------
 
 
-def _stored_rows(store: Store) -> list[dict[str, Any]]:
-    """Every article with its HTML (None when not kept), in first-seen order."""
-    cols = ", ".join(f"a.{c}" for c in _STORED)
-    cur = store.con.execute(
-        f"SELECT {cols}, h.codec, h.html FROM articles a LEFT JOIN article_html h ON h.article_id = a.id "
-        "ORDER BY a.first_seen, a.id"
-    )
-    return [dict(zip([*_STORED, "codec", "html"], r, strict=True)) for r in cur.fetchall()]
-
-
 def _as_article(row: dict[str, Any]) -> Article:
-    return Article(**{k: row[k] for k in _STORED if k != "first_seen"})
+    return Article(**{k: row[k] for k in STORED_ARTICLE_COLS if k != "first_seen"})
 
 
 def _html(row: dict[str, Any]) -> bytes | None:
@@ -123,31 +104,12 @@ def re_detect(settings: Settings, store: Store, run_id: str, articles: list[Arti
                             store.window_entries(since), store.window_stories(since), cfg, outlets)
     ok_ids = {a.id for a in articles if a.status == "ok"}
     with store.transaction():
-        _update_articles(store, articles)
+        store.update_extracted(articles)
         store.write_topic_matches([m for m in matches if m.article_id in ok_ids])
         store.write_signatures(result.signatures)
         store.upsert_stories(result.stories)
         devs = store.write_developments(result.developments, run_id)
     return {"developments": devs, "tagged": len({m.article_id for m in matches if m.article_id in ok_ids})}
-
-
-def _update_articles(store: Store, articles: Sequence[Article]) -> None:
-    cols: dict[str, list[Any]] = {"id": [a.id for a in articles]}
-    for c in _UPDATED:
-        cols[c] = [getattr(a, c) for a in articles]
-    schema = pa.schema([("id", pa.string())] + [
-        (c, _TS if c == "published" else pa.float64() if c == "lang_confidence" else pa.string())
-        for c in _UPDATED])
-    tbl = pa.table(cols, schema=schema)  # noqa: F841 (read by DuckDB's replacement scan)
-    sets = ", ".join(f"{c} = tbl.{c}" for c in _UPDATED)
-    store.con.execute(f"UPDATE articles SET {sets} FROM tbl WHERE articles.id = tbl.id")
-
-
-def _reset_derived(store: Store) -> None:
-    with store.transaction():
-        for table in ("article_topics", "article_signatures", "stories", "development_events"):
-            store.con.execute(f"DELETE FROM {table}")
-        store.con.execute("UPDATE articles SET story_id = NULL, duplicate_of = NULL, content_hash = NULL")
 
 
 # ---- flows --------------------------------------------------------------------------------------
@@ -163,8 +125,8 @@ def reprocess(config_dir: str) -> dict[str, Any]:
                              "tagged": 0, "developments": 0, "database": str(settings.db_path)}
     with open_store(settings.db_path) as store:
         store.start_run(run_id)
-        rows = _stored_rows(store)
-        _reset_derived(store)
+        rows = store.stored_articles()
+        store.reset_derived()
         with extraction_pool(settings.monitor.extract.workers if rows else 0) as pool:
             for batch in _chunks(rows, settings.monitor.fetch.batch_size):
                 articles = re_extract(settings, batch, pool)
@@ -185,28 +147,18 @@ def retag(config_dir: str) -> dict[str, Any]:
     """Re-evaluate the current topics on stored articles; log every topic added or removed."""
     settings = load_settings(config_dir)
     topics = TopicSet.compile(settings.topics)
-    run_id, now = _run_id("retag"), datetime.now(UTC)
+    run_id = _run_id("retag")
     with open_store(settings.db_path) as store:
         store.start_run(run_id)
-        rows = store.con.execute(
-            "SELECT id, title, text, lang FROM articles WHERE status = 'ok' ORDER BY id").fetchall()
-        before = {(r[0], r[1]): r[2] for r in store.con.execute(
-            "SELECT article_id, topic, score FROM article_topics").fetchall()}
-        matches = topics.tag_many((r[0], r[1], r[2], r[3]) for r in rows)
+        rows = store.taggable_articles()
+        before = store.topic_scores()
+        matches = topics.tag_many(rows)
         after = {(m.article_id, m.topic): m.score for m in matches}
-        log = ([(k, "added", after[k]) for k in sorted(after.keys() - before.keys())]
-               + [(k, "removed", before[k]) for k in sorted(before.keys() - after.keys())])
-        with store.transaction():
-            store.con.execute("DELETE FROM article_topics")
-            store.write_topic_matches(matches)
-            if log:
-                tbl = pa.table({  # noqa: F841
-                    "run_id": [run_id] * len(log), "logged_at": pa.array([now] * len(log), _TS),
-                    "article_id": [k[0] for k, _, _ in log], "topic": [k[1] for k, _, _ in log],
-                    "change": [c for _, c, _ in log], "score": [float(s) for _, _, s in log]})
-                store.con.execute("INSERT INTO retag_log SELECT * FROM tbl")
+        log = ([(*k, "added", after[k]) for k in sorted(after.keys() - before.keys())]
+               + [(*k, "removed", before[k]) for k in sorted(before.keys() - after.keys())])
+        store.replace_topic_matches(matches, run_id, log)
         stats = {"run_id": run_id, "articles": len(rows), "matches": len(matches),
-                 "added": sum(c == "added" for _, c, _ in log),
-                 "removed": sum(c == "removed" for _, c, _ in log), "database": str(settings.db_path)}
+                 "added": sum(x[2] == "added" for x in log),
+                 "removed": sum(x[2] == "removed" for x in log), "database": str(settings.db_path)}
         store.finish_run(run_id, "ok", stats)
     return stats

@@ -427,6 +427,59 @@ class Store:
         self._upsert("article_topics", ["article_id", "topic"],
                      "SELECT article_id, topic, score, explanation::JSON AS explanation, tagged_at FROM tbl", tbl)
 
+    # ---- reprocess / retag ----------------------------------------------------------------
+    def stored_articles(self) -> list[dict[str, Any]]:
+        """Every article with its stored HTML (codec, bytes; None when not kept), in first-seen order."""
+        cols = ", ".join(f"a.{c}" for c in STORED_ARTICLE_COLS)
+        cur = self.con.execute(
+            f"SELECT {cols}, h.codec, h.html FROM articles a LEFT JOIN article_html h ON h.article_id = a.id "
+            "ORDER BY a.first_seen, a.id"
+        )
+        return [dict(zip([*STORED_ARTICLE_COLS, "codec", "html"], r, strict=True)) for r in cur.fetchall()]
+
+    def update_extracted(self, articles: Sequence[Article]) -> None:
+        """Overwrite the extraction and novelty fields of stored articles (reprocess)."""
+        if not articles:
+            return
+        cols: dict[str, list[Any]] = {"id": [a.id for a in articles]}
+        for c in REPROCESSED_COLS:
+            cols[c] = [getattr(a, c) for a in articles]
+        schema = pa.schema([("id", pa.string())] + [
+            (c, _TS if c == "published" else pa.float64() if c == "lang_confidence" else pa.string())
+            for c in REPROCESSED_COLS])
+        tbl = pa.table(cols, schema=schema)  # noqa: F841 (read by DuckDB's replacement scan)
+        sets = ", ".join(f"{c} = tbl.{c}" for c in REPROCESSED_COLS)
+        self.con.execute(f"UPDATE articles SET {sets} FROM tbl WHERE articles.id = tbl.id")
+
+    def reset_derived(self) -> None:
+        """Forget everything derived from articles (topics, signatures, stories, developments)."""
+        with self.transaction():
+            for table in DERIVED_TABLES:
+                self.con.execute(f"DELETE FROM {table}")
+            self.con.execute("UPDATE articles SET story_id = NULL, duplicate_of = NULL, content_hash = NULL")
+
+    def taggable_articles(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        """(id, title, text, lang) of every ok article, for retagging."""
+        rows = self.con.execute("SELECT id, title, text, lang FROM articles WHERE status = 'ok' ORDER BY id")
+        return [(r[0], r[1], r[2], r[3]) for r in rows.fetchall()]
+
+    def topic_scores(self) -> dict[tuple[str, str], float]:
+        rows = self.con.execute("SELECT article_id, topic, score FROM article_topics").fetchall()
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def replace_topic_matches(self, matches: Sequence[TopicMatch], run_id: str,
+                              log: Sequence[tuple[str, str, str, float]]) -> None:
+        """Replace all topic matches and record (article_id, topic, added|removed, score) in retag_log."""
+        with self.transaction():
+            self.con.execute("DELETE FROM article_topics")
+            self.write_topic_matches(matches)
+            if log:
+                tbl = pa.table({  # noqa: F841
+                    "run_id": [run_id] * len(log), "logged_at": pa.array([_now()] * len(log), _TS),
+                    "article_id": [x[0] for x in log], "topic": [x[1] for x in log],
+                    "change": [x[2] for x in log], "score": [float(x[3]) for x in log]})
+                self.con.execute("INSERT INTO retag_log SELECT * FROM tbl")
+
     def write_fetches(self, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
@@ -801,6 +854,17 @@ class Store:
         self.con.close()
 
 
+STORED_ARTICLE_COLS = (
+    "id", "url", "source_id", "status", "status_reason", "final_url", "canonical_url", "title", "author",
+    "published", "sitename", "description", "text", "lang", "lang_confidence", "extractor", "content_hash",
+    "feed_title", "feed_summary", "feed_published", "fetched_at", "first_seen",
+)
+REPROCESSED_COLS = (
+    "status", "status_reason", "canonical_url", "title", "author", "published", "sitename", "description",
+    "text", "lang", "lang_confidence", "extractor", "content_hash", "duplicate_of", "story_id",
+)
+DERIVED_TABLES = ("article_topics", "article_signatures", "article_facts", "article_bands", "stories",
+                  "story_facts", "development_events")
 _ARTICLE_COLS = [
     "id", "url", "source_id", "status", "status_reason", "final_url", "canonical_url", "title", "author",
     "published", "sitename", "description", "text", "lang", "lang_confidence", "extractor", "content_hash",
