@@ -7,7 +7,7 @@ byte to a temporary name next to `<db>.snapshot.duckdb`, checks the copy, and re
 place. Rename swaps the directory entry only: an analyst who still holds the old snapshot keeps
 reading the old inode and blocks nobody; the next open (or the next query of `monitor sql`'s
 prompt, which notices the new inode) sees the new data. The reasoning and
-the measured cost are in docs/choices-sql.md.
+the measured cost are in docs/choices.md.
 """
 
 from __future__ import annotations
