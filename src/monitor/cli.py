@@ -230,7 +230,7 @@ def _load_article(target: str, settings: Any) -> tuple[str | None, str | None, s
         raise MonitorError(f"no such file: {target}")
     raw = path.read_bytes()
     if path.suffix.lower() in (".html", ".htm") or raw.lstrip()[:1] == b"<":
-        out = extract_one(ExtractInput(path.as_uri(), raw, "text/html"), min_words=0)
+        out = extract_one(ExtractInput(path.resolve().as_uri(), raw, "text/html"), min_words=0)
         return out.title, out.text, out.lang
     body = raw.decode("utf-8", "replace").strip()
     first, _, rest = body.partition("\n")
@@ -501,6 +501,12 @@ def main() -> None:
             fail(exc)
         except typer.Exit as done:
             sys.exit(done.exit_code)
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("MONITOR_DEBUG"):
+            raise
+        typer.echo(f"error: internal error: {type(exc).__name__}: {mask_secrets(str(exc))[:300]} "
+                   "(run with MONITOR_DEBUG=1 for the traceback)", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":
