@@ -6,7 +6,9 @@
     .venv/bin/python bench/pipeline.py --quick --profile               # + pyinstrument of the flow process
 
 One process tree, one run (needs `pip install -e .[bench]`):
-(a) ceiling: raw `trafilatura.bare_extraction` over the corpus bytes in 2 worker processes;
+(a) ceiling: raw `trafilatura.bare_extraction` over the corpus bytes in 2 worker processes, with its
+    default options (the ceiling the issue names) and with the options our extraction uses
+    (`favor_precision`: the "equal-options ceiling", what our extractor costs before any overhead);
 (b) ours: the real Prefect flow `flows.ingest.ingest` (discover -> fetch -> extract -> tag -> detect
     -> store -> alerts -> dashboard) on a fresh DuckDB file, the corpus served from RSS feeds on
     several ports of 127.0.0.1 by an asyncio server in its own process (bench/corpus.py);
@@ -55,6 +57,8 @@ for p in (ROOT / "src", ROOT, ROOT / "bench"):
 import psutil  # noqa: E402
 
 import corpus  # noqa: E402
+from monitor.config import FetchConfig  # noqa: E402
+from monitor.extract import RESET_EVERY  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
 HOSTS = 4
@@ -176,6 +180,26 @@ def _raw_trafilatura(job: Job) -> JobResult:
         t0, c0 = time.perf_counter(), time.process_time()
         doc = trafilatura.bare_extraction(raw, url=f"http://127.0.0.1{s.path(i)}", include_comments=False,
                                           with_metadata=True, include_tables=True)
+        busy += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        ok += bool(getattr(doc, "text", None))
+    return len(idx), busy, cpu, ok
+
+
+def _equal_trafilatura(job: Job) -> JobResult:
+    """bare_extraction with the options monitor.extract runs it with (its first, precision pass)."""
+    import trafilatura
+
+    from monitor.extract import TRAFILATURA_OPTIONS
+
+    s, idx = job
+    busy = cpu = 0.0
+    ok = 0
+    for i in idx:
+        raw = corpus.article_bytes(_BASE, s, i)
+        t0, c0 = time.perf_counter(), time.process_time()
+        doc = trafilatura.bare_extraction(raw, url=f"http://127.0.0.1{s.path(i)}", favor_precision=True,
+                                          **TRAFILATURA_OPTIONS)
         busy += time.perf_counter() - t0
         cpu += time.process_time() - c0
         ok += bool(getattr(doc, "text", None))
@@ -523,7 +547,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def compare(prev: dict[str, Any], cur: dict[str, Any]) -> None:
-    keys = [("ceiling", "docs_per_s"), ("ours", "docs_per_s"), ("newspaper4k", "docs_per_s"),
+    keys = [("ceiling", "docs_per_s"), ("ceiling_equal", "docs_per_s"), ("ours", "docs_per_s"),
+            ("ours", "cpu_ms_per_doc"), ("ratios", "ours_vs_equal_ceiling"), ("newspaper4k", "docs_per_s"),
             ("ratios", "ours_vs_ceiling"), ("ratios", "ours_vs_newspaper4k"), ("ours", "peak_rss_mb_pipeline"),
             ("ours", "orchestration_share"), ("scale", "ratio")]
     print(f"\ncompared with the previous run ({prev.get('machine', {}).get('git', '?')}, "
@@ -569,7 +594,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine_info(),
                               "config": {"articles": args.articles, "cycle": args.cycle, "big_store": args.big,
                                          "hosts": HOSTS, "workers": WORKERS, "per_host": 8, "min_delay_s": 0,
-                                         "concurrency": 32, "batch_size": 200, "store_html": True},
+                                         "concurrency": 32, "batch_size": FetchConfig().batch_size,
+                                         "reset_every": RESET_EVERY, "store_html": True},
                               "note": "measured on a shared 2-core machine while other work ran (see loadavg)"}
     print(f"bench: {args.articles} articles on {HOSTS} hosts, load average {os.getloadavg()[0]:.2f}", flush=True)
     sampler = RssSampler().start()
@@ -580,6 +606,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with corpus_server(sets, ports, sampler):
             print("(a) ceiling: raw trafilatura.bare_extraction, 2 processes", flush=True)
             result["ceiling"] = run_extractor("trafilatura", _raw_trafilatura, main_set, sampler)
+            print("(a') equal-options ceiling: bare_extraction with our options (favor_precision)", flush=True)
+            result["ceiling_equal"] = run_extractor("trafilatura, our options", _equal_trafilatura, main_set,
+                                                    sampler)
             ingest = instrument_flow()
             print("(b) ours: the Prefect flow, discover -> store", flush=True)
             ingest(str(write_config(run_dir, sets, ports, "warm", run_dir / "warm.duckdb")))  # starts Prefect
@@ -605,7 +634,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratios = {"ours_vs_ceiling": round(result["ours"]["docs_per_s"] / result["ceiling"]["docs_per_s"], 3),
               "ours_vs_ceiling_busy": round(result["ours"]["docs_per_s"] / result["ceiling"]["docs_per_s_busy"], 3),
               # CPU per doc, ceiling over ours: what the wall ratio would be on an otherwise idle machine
-              "ours_vs_ceiling_cpu": round(result["ceiling"]["cpu_ms_per_doc"] / result["ours"]["cpu_ms_per_doc"], 3)}
+              "ours_vs_ceiling_cpu": round(result["ceiling"]["cpu_ms_per_doc"] / result["ours"]["cpu_ms_per_doc"], 3),
+              "ours_vs_equal_ceiling": round(result["ours"]["docs_per_s"] / result["ceiling_equal"]["docs_per_s"], 3),
+              "ours_vs_equal_ceiling_cpu": round(result["ceiling_equal"]["cpu_ms_per_doc"]
+                                                 / result["ours"]["cpu_ms_per_doc"], 3)}
     if "newspaper4k" in result:
         ratios["ours_vs_newspaper4k"] = round(result["ours"]["docs_per_s"] / result["newspaper4k"]["docs_per_s"], 3)
         ratios["ours_vs_newspaper4k_cpu"] = round(result["newspaper4k"]["cpu_ms_per_doc"]
@@ -658,10 +690,12 @@ def scale(ingest: Any, run_dir: Path, work: Path, sets: list[corpus.CorpusSet], 
 def report(r: dict[str, Any]) -> None:
     ours, ceil = r["ours"], r["ceiling"]
     print("\n== results (shared machine: figures taken under load) ==")
-    print(f"ceiling (raw trafilatura, {WORKERS} procs): {ceil['docs_per_s']} docs/s")
+    print(f"ceiling (raw trafilatura, default options, {WORKERS} procs): {ceil['docs_per_s']} docs/s")
     print(f"ours (full flow):                   {ours['docs_per_s']} docs/s  -> "
           f"{r['ratios']['ours_vs_ceiling']}x the ceiling (goal >= 0.9); by CPU per doc "
           f"{r['ratios']['ours_vs_ceiling_cpu']}x")
+    print(f"equal-options ceiling (favor_precision, as ours): {r['ceiling_equal']['docs_per_s']} docs/s -> ours is "
+          f"{r['ratios']['ours_vs_equal_ceiling']}x; by CPU per doc {r['ratios']['ours_vs_equal_ceiling_cpu']}x")
     if "newspaper4k" in r:
         print(f"newspaper4k ({WORKERS} procs):            {r['newspaper4k']['docs_per_s']} docs/s  -> ours is "
               f"{r['ratios']['ours_vs_newspaper4k']}x (goal >= 2); by CPU per doc "

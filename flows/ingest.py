@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from monitor import alerts, novelty, sources
 from monitor.config import Settings, SourceConfig, load_settings
 from monitor.dashboard import render_dashboard
 from monitor.errors import MonitorError, StoreError
-from monitor.extract import ExtractInput, build_article, extract_batch, extraction_pool
+from monitor.extract import NOVELTY_PREP, ExtractInput, build_article, extract_batch, extraction_pool
 from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult
 from monitor.ops import LockHolder, run_breakdown, run_lock, run_markdown
@@ -134,7 +135,7 @@ def extract_and_tag(settings: Settings, topics: TopicSet, links: Sequence[Link],
                                        ln.published))
             idx.append(i)
     outs = extract_batch(inputs, min_words=settings.monitor.extract.min_words,
-                         timeout_s=settings.monitor.extract.timeout_s, pool=pool)
+                         timeout_s=settings.monitor.extract.timeout_s, pool=pool, with_novelty=True)
     by_i = dict(zip(idx, outs, strict=True))
     keep_html = settings.monitor.storage.store_html
     articles = [build_article(ln, res, by_i.get(i), keep_html=keep_html)
@@ -159,7 +160,7 @@ def detect_and_store(settings: Settings, store: Store, run_id: str, articles: li
             a.story_id = store.scalar("SELECT story_id FROM articles WHERE id = ?", [a.duplicate_of])
     items = [novelty.NoveltyItem(a, topics_of.get(a.id, [])) for a in articles]
     outlets = {s.id: s.outlet_id for s in settings.sources}
-    prepared = novelty.prepare(items)  # the store returns only the window candidates of the batch's keys
+    prepared = _novelty_prepared(items)  # the store returns only the window candidates of the batch's keys
     candidates = store.novelty_candidates(novelty.candidate_query(prepared, cfg, datetime.now(UTC)))
     result = novelty.decide(items, prepared, candidates, cfg, outlets)
     why = {(m.article_id, m.topic): explain_text(m.explanation) for m in matches}
@@ -175,6 +176,27 @@ def detect_and_store(settings: Settings, store: Store, run_id: str, articles: li
         queued = store.enqueue_alerts(alerts.outbox_rows(settings.monitor.alerts.channels, contexts))
     return {"stored": stored, "developments": devs, "queued": queued,
             "tagged": len({m.article_id for m in matches})}
+
+
+def _novelty_prepared(items: Sequence[novelty.NoveltyItem]) -> list[novelty.Prepared]:
+    """`novelty.prepare(items)`, reusing what the extraction workers prepared for the same article.
+
+    A worker's Prepared is used only for an article still ok with the title, language and text hash
+    it was prepared from; the rest is prepared here. Same order as prepare: event time, then id.
+    """
+    ready: list[novelty.Prepared] = []
+    rest: list[novelty.NoveltyItem] = []
+    for it in items:
+        a, pre = it.article, it.article.extra.pop(NOVELTY_PREP, None)
+        done = pre.item.article if pre is not None else None
+        if (done is not None and a.status == "ok" and a.text
+                and (done.content_hash, done.title, done.lang) == (a.content_hash, a.title, a.lang)):
+            ready.append(replace(pre, item=it, at=novelty.event_time(a)))
+        else:
+            rest.append(it)
+    if not ready:
+        return novelty.prepare(rest)
+    return sorted([*ready, *novelty.prepare(rest)], key=lambda p: (p.at, p.item.article.id))
 
 
 def _alert_context(store: Store, d: Any, batch: list[Article], topic_names: dict[str, str], why: str) -> Any:
@@ -335,6 +357,8 @@ def _cycle(settings: Settings, progress: Progress | None,
                     _count_batch(stats, arts, done_fetched, counts)
                     done += len(done_batch)
                     progress("articles", done, len(new_links))
+                    _release(arts, done_fetched)
+                    del arts, matches, done_fetched, fut
         for sid, s in stats.sources.items():
             if s.stored:
                 store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])
@@ -349,6 +373,14 @@ def _cycle(settings: Settings, progress: Progress | None,
             out["snapshot"] = _publish_snapshot(store, settings)
         breakdown = run_breakdown(store.con, stats.run_id)
     return out, breakdown
+
+
+def _release(arts: list[Article], fetched: list[Any]) -> None:
+    """A stored batch's page bytes and texts are not needed any more: free them now, not a batch later."""
+    for f in fetched:
+        f.content = None
+    for a in arts:
+        a.html = a.text = None
 
 
 def _count_batch(stats: RunStats, arts: list[Article], fetched: list[Any], counts: dict[str, int]) -> None:

@@ -8,7 +8,9 @@ STRUCTURED_RATIO times longer than the extracted text replaces it (the extractor
 `extractor` records which path produced the text. Thresholds were chosen by measurement on the
 evaluation pages (bench/extraction.py, docs/extraction.md). The language comes from py3langid on the
 text (the page's `lang` attribute is a hint only). Work runs in worker processes with a per-document
-time limit; caches are reset between batches.
+time limit; trafilatura's caches are reset every RESET_EVERY documents a worker has done. For the
+ingest flow the workers also run `novelty.prepare` on each article they extract (`prepare_novelty`):
+it is pure and per article, so it belongs next to the text on both cores, not serial in the flow.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ EARLIEST_DATE = datetime(1995, 1, 1, tzinfo=UTC)
 PRECISION_FALLBACK_WORDS = 40
 # JSON-LD articleBody replaces an extraction it is at least twice as long as (>= 1.5 measured the same)
 STRUCTURED_RATIO = 2.0
+# trafilatura's LRU caches grow with the pages seen; resetting them costs a gc pass and cold caches
+# (every 50 documents cost ~10%), so a worker resets them every RESET_EVERY documents (bench/pipeline.py)
+RESET_EVERY = 500
+# every bare_extraction call; bench/pipeline.py's equal-options ceiling uses the same
+TRAFILATURA_OPTIONS: dict[str, Any] = {"include_comments": False, "with_metadata": True, "include_tables": True}
+# Article.extra key of the novelty.Prepared a worker computed (flows/ingest.py pops it)
+NOVELTY_PREP = "novelty_prep"
 
 
 @dataclass(slots=True)
@@ -69,6 +78,7 @@ class ExtractOutput:
     categories: list[str] = field(default_factory=list)
     image: str | None = None
     notes: list[str] = field(default_factory=list)
+    novelty: Any = None  # novelty.Prepared of the text when asked for (prepare_novelty); else None
 
 
 class ExtractionTimeout(Exception):
@@ -180,8 +190,7 @@ def plausible_date(dt: datetime | None, now: datetime) -> tuple[datetime | None,
 def _trafilatura(content: bytes, url: str, *, precision: bool) -> Any:
     import trafilatura
 
-    return trafilatura.bare_extraction(content, url=url, include_comments=False, with_metadata=True,
-                                       include_tables=True, favor_precision=precision)
+    return trafilatura.bare_extraction(content, url=url, favor_precision=precision, **TRAFILATURA_OPTIONS)
 
 
 def _words(doc: Any) -> int:
@@ -259,11 +268,53 @@ def _alarm(signum: int, frame: Any) -> None:
     raise ExtractionTimeout()
 
 
-def _worker_extract(item: ExtractInput, min_words: int, timeout_s: float) -> ExtractOutput:
+def prepare_novelty(out: ExtractOutput) -> Any:
+    """`novelty.prepare` of an extracted ok article: its MinHash and facts, with the article's text dropped.
+
+    The stub article keeps title, lang and content_hash so that the flow can check the article it
+    decides on is the one prepared here; its time and topics are the flow's to fill in.
+    """
+    from monitor import novelty
+    from monitor.models import Article
+
+    if out.status != "ok" or not out.text:
+        return None
+    stub = Article(id="", url=out.url, source_id="", status="ok", title=out.title, text=out.text,
+                   lang=out.lang, content_hash=out.content_hash, fetched_at=EARLIEST_DATE)
+    prepared = novelty.prepare([novelty.NoveltyItem(stub, [])])
+    stub.text = None  # the text travels on the output already
+    return prepared[0] if prepared else None
+
+
+def _attach_novelty(out: ExtractOutput) -> None:
+    try:
+        out.novelty = prepare_novelty(out)
+    except Exception:  # the flow then prepares it itself (and reports what fails there)
+        out.novelty = None
+
+
+_done_since_reset = 0
+
+
+def _maybe_reset_caches() -> None:
+    global _done_since_reset
+    _done_since_reset += 1
+    if _done_since_reset >= RESET_EVERY:
+        from trafilatura.meta import reset_caches
+
+        reset_caches()
+        _done_since_reset = 0
+
+
+def _worker_extract(item: ExtractInput, min_words: int, timeout_s: float,
+                    with_novelty: bool = False) -> ExtractOutput:
     signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        return extract_one(item, min_words)
+        out = extract_one(item, min_words)
+        if with_novelty:
+            _attach_novelty(out)
+        return out
     except ExtractionTimeout:
         return ExtractOutput(url=item.url, status="failed",
                              status_reason=f"extraction exceeded {timeout_s:g}s")
@@ -272,13 +323,7 @@ def _worker_extract(item: ExtractInput, min_words: int, timeout_s: float) -> Ext
                              status_reason=f"extraction error: {type(exc).__name__}: {str(exc)[:200]}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-def _worker_reset() -> bool:
-    from trafilatura.meta import reset_caches
-
-    reset_caches()
-    return True
+        _maybe_reset_caches()
 
 
 @contextmanager
@@ -288,7 +333,8 @@ def extraction_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["monitor.extract", "trafilatura"])
+    # novelty (datasketch, numpy) too: imported once in the forkserver, not in every worker
+    ctx.set_forkserver_preload(["monitor.extract", "monitor.novelty", "trafilatura"])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     try:
         yield pool
@@ -297,19 +343,24 @@ def extraction_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
 
 
 def extract_batch(items: Sequence[ExtractInput], *, min_words: int = 40, timeout_s: float = 30.0,
-                  pool: ProcessPoolExecutor | None = None) -> list[ExtractOutput]:
-    """Extract a batch, in order. A document over its time limit is `failed`, never a stalled batch."""
+                  pool: ProcessPoolExecutor | None = None, with_novelty: bool = False) -> list[ExtractOutput]:
+    """Extract a batch, in order. A document over its time limit is `failed`, never a stalled batch.
+
+    `with_novelty`: each ok output also carries `novelty.Prepared` of its text (see prepare_novelty).
+    """
     if pool is None:
         outs = []
         for item in items:
             try:
                 outs.append(extract_one(item, min_words))
+                if with_novelty:
+                    _attach_novelty(outs[-1])
             except Exception as exc:
                 outs.append(ExtractOutput(url=item.url, status="failed",
                                           status_reason=f"extraction error: {type(exc).__name__}: {exc}"))
         return outs
     futures: list[Future[ExtractOutput]] = [
-        pool.submit(_worker_extract, item, min_words, timeout_s) for item in items
+        pool.submit(_worker_extract, item, min_words, timeout_s, with_novelty) for item in items
     ]
     results: list[ExtractOutput] = []
     for item, fut in zip(items, futures, strict=True):
@@ -322,8 +373,6 @@ def extract_batch(items: Sequence[ExtractInput], *, min_words: int = 40, timeout
         except Exception as exc:
             results.append(ExtractOutput(url=item.url, status="failed",
                                          status_reason=f"worker failed: {type(exc).__name__}"))
-    for _ in range(getattr(pool, "_max_workers", 1)):
-        pool.submit(_worker_reset)
     return results
 
 
@@ -354,6 +403,8 @@ def build_article(link: Any, fetched: Any, out: ExtractOutput | None, *, keep_ht
         art.published = link.published  # the page gave only a day; the feed knows the time
     if out.notes:
         art.extra["notes"] = out.notes
+    if out.novelty is not None:
+        art.extra[NOVELTY_PREP] = out.novelty
     if keep_html and fetched.content and out.status != "not_article":
         art.html = compress_html(fetched.content)
     return art

@@ -244,9 +244,23 @@ class CandidateQuery:
     hashes: list[str]
     facts: list[str]
     minhashes: list[bytes]
-    # (window df of `facts`, n_docs) -> the facts a story must hold to be able to take an article
-    # (novelty.story_keys); None: any of `facts`
-    story_keys: Callable[[dict[str, int], int], list[str]] | None = None
+    # (window df of `facts`, n_docs) -> what a stored story must score to be able to take one of the
+    # batch's articles (novelty.story_bounds); None: every window story holding one of `facts`
+    story_bounds: Callable[[dict[str, int], int], StoryBounds] | None = None
+
+
+@dataclass(slots=True)
+class StoryBounds:
+    """Per batch article (`need`, `cut` by article index): an upper bound of each fact's weight over
+    the batch, whether a story is reached through it (`probe`), and the bound a story's summed
+    weights must reach. Rows are parallel lists (article, fact, weight, probe)."""
+
+    article: list[int]
+    fact: list[str]
+    weight: list[float]
+    probe: list[bool]
+    need: list[float]
+    cut: list[float]  # by article: the summed weights of its facts that are not probes
 
 
 @dataclass(slots=True)
@@ -512,7 +526,7 @@ class Store:
 
         entries: window signatures sharing the batch's content hash or a MinHash band (article_bands),
         or a fact key within the echo range in a candidate story (article_facts); stories: window
-        stories holding one of `q.story_keys` (story_facts); df/n_docs: counts over the window;
+        stories that can score `q.story_bounds` for an article (story_facts); df/n_docs: counts over the window;
         story_sources: the candidate stories' articles (before surge_since one row per source).
         """
         n_docs = int(self.scalar("SELECT count(*) FROM article_signatures WHERE first_seen >= ?", [q.since]))
@@ -525,9 +539,11 @@ class Store:
             df = dict(self.con.execute(
                 "SELECT fact, count(*) FROM article_facts WHERE first_seen >= ? AND fact IN (SELECT fact FROM qf) "
                 "GROUP BY fact", [q.since]).fetchall())
-            keys = q.story_keys(df, n_docs) if q.story_keys else sorted(set(q.facts))
-            with self._registered(qs=pa.table({"fact": keys}, schema=pa.schema([("fact", pa.string())]))):
-                stories = self._candidate_stories(q.since)
+            if q.story_bounds:
+                stories = self._bounded_stories(q.story_bounds(df, n_docs), q.since)
+            else:
+                with self._registered(qs=qf.rename_columns(["fact"])):
+                    stories = self._candidate_stories(q.since)
             sids = pa.table({"id": [s.id for s in stories]}, schema=pa.schema([("id", pa.string())]))
             with self._registered(sids=sids):
                 entries = self._candidate_entries(q)
@@ -556,6 +572,44 @@ class Store:
                 "FROM article_signatures SEMI JOIN ids USING (article_id) WHERE first_seen >= ? "
                 "ORDER BY first_seen, article_id", [q.since]).fetchall()
         return [WindowEntry(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in rows]
+
+    def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[StoryRow]:
+        """Window stories whose facts weigh at least `need` for some article (scored in SQL).
+
+        A story is reached through an article's probe facts; a reached (article, story) pair whose
+        probe weight plus the article's `cut` (all its other facts) stays below `need` is dropped, and
+        only the rest look up the other facts (common facts reach most stories, so they are never
+        joined on their own).
+        """
+        qw = pa.table({"a": b.article, "fact": b.fact, "w": b.weight, "probe": b.probe},
+                      schema=pa.schema([("a", pa.int32()), ("fact", pa.string()), ("w", pa.float64()),
+                                        ("probe", pa.bool_())]))
+        qn = pa.table({"a": list(range(len(b.need))), "need": b.need, "cut": b.cut},
+                      schema=pa.schema([("a", pa.int32()), ("need", pa.float64()), ("cut", pa.float64())]))
+        with self._registered(qw=qw, qn=qn):
+            # facts as small ints and stories as 64-bit hashes keep the joins narrow; a hash
+            # collision only adds weight (a story fetched in vain), never drops a story
+            rows = self.con.execute(
+                """
+                WITH qf AS (SELECT fact, (dense_rank() OVER (ORDER BY fact))::INTEGER AS f
+                            FROM (SELECT DISTINCT fact FROM qw)),
+                q AS MATERIALIZED (SELECT a, f, w, probe FROM qw JOIN qf USING (fact)),
+                sf AS MATERIALIZED (SELECT DISTINCT qf.f, hash(s.story_id) AS h FROM story_facts s
+                                    JOIN qf USING (fact) WHERE s.seen >= $since),
+                reach AS MATERIALIZED (
+                    SELECT q.a, sf.h, sum(q.w) AS w FROM q JOIN sf USING (f) JOIN qn USING (a) WHERE q.probe
+                    GROUP BY q.a, sf.h HAVING sum(q.w) + any_value(qn.cut) >= any_value(qn.need)),
+                rest AS (SELECT r.a, r.h, q.w FROM reach r JOIN q USING (a)
+                         WHERE NOT q.probe AND xor(r.h, q.f::UBIGINT) IN (SELECT xor(h, f::UBIGINT) FROM sf)),
+                scored AS (SELECT a, h, sum(w) AS w FROM (SELECT * FROM reach UNION ALL SELECT * FROM rest)
+                           GROUP BY a, h),
+                hit AS (SELECT DISTINCT h FROM scored JOIN qn USING (a) WHERE scored.w >= qn.need)
+                SELECT id, title, first_seen, last_seen, first_article_id, topics, facts, surged, pending, dev_facts
+                FROM stories WHERE last_seen >= $since AND hash(id) IN (SELECT h FROM hit) ORDER BY first_seen, id
+                """, {"since": since}).fetchall()
+        return [StoryRow(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), list(r[6] or []), bool(r[7]),
+                         json.loads(r[8]) if r[8] else {}, list(r[9] or []))
+                for r in rows]
 
     def _candidate_stories(self, since: datetime) -> list[StoryRow]:
         """Window stories holding one of the facts in the registered `qs`."""
@@ -930,6 +984,9 @@ def _open_lake(storage: StorageConfig, read_only: bool) -> Iterator[Store]:
             con.close()
 
 
+WRITER_MEMORY_LIMIT = "512MB"
+
+
 @contextmanager
 def open_store(path: str | Path, *, read_only: bool = False, storage: StorageConfig | None = None) -> Iterator[Store]:
     """Open (and migrate) the database; every DuckDB failure becomes a StoreError naming the path.
@@ -952,6 +1009,9 @@ def open_store(path: str | Path, *, read_only: bool = False, storage: StorageCon
     store = Store(con, p)
     try:
         if not read_only:
+            # bounded memory (DuckDB's default is 80% of RAM): the writer spills to disk past this;
+            # the full-text rebuild over 1M articles stays under ~0.7 GB RSS (bench/pipeline.py)
+            con.execute(f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'")
             store.migrate()
         yield store
     except duckdb.Error as exc:
