@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo 'setting up .venv (first run only: a few minutes)…'
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -m pip install -qq -e '.[dev]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -27,6 +28,10 @@ run: $(STAMP)
 
 serve: $(STAMP)
 	@$(BIN)/monitor serve
+
+bench: $(STAMP)
+	@$(BIN)/python -m pip install -qq -e '.[bench]'
+	@$(BIN)/python bench/pipeline.py --quick
 
 clean:
 	rm -rf $(VENV) data/demo* .pytest_cache
