@@ -42,7 +42,7 @@ from monitor import novelty  # noqa: E402
 from monitor.config import NoveltyConfig  # noqa: E402
 from monitor.extract import content_hash  # noqa: E402
 from monitor.models import Article  # noqa: E402
-from monitor.store import Store, open_store  # noqa: E402
+from monitor.store import WRITER_MEMORY_LIMIT, Store, open_store  # noqa: E402
 
 END = datetime(2025, 12, 1, tzinfo=UTC)  # the stored history ends here; new articles come in the next day
 TOPIC = "t-bench"
@@ -105,6 +105,8 @@ def synthesize(store: Store, n: int, end: datetime, span_days: int = 365, chunk:
     step_us = int(span_days * 86_400e6 / max(n, 1))
     tpl = draw(rng, vocab_size, ((n + 4) // 5, 15), dist)
     con = store.con
+    # building the history is not what is measured: let it use more than the writer's bound
+    con.execute("SET memory_limit = '4GB'")
     for lo in range(0, n, chunk):
         m = min(chunk, n - lo)
         idx = np.arange(lo, lo + m)
@@ -142,6 +144,7 @@ def synthesize(store: Store, n: int, end: datetime, span_days: int = 365, chunk:
         FROM article_signatures GROUP BY story_id ORDER BY max(first_seen)""")
     con.execute("INSERT INTO story_facts SELECT unnest(facts), id, last_seen FROM stories ORDER BY last_seen")
     con.execute("CHECKPOINT")
+    con.execute(f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'")
 
 
 def new_items(n: int, start: datetime, seed: int = 3, vocab_size: int = 50_000,
