@@ -24,7 +24,7 @@ from monitor.dashboard import render_dashboard
 from monitor.errors import MonitorError, StoreError
 from monitor.extract import NOVELTY_PREP, ExtractInput, build_article, extract_batch, extraction_pool
 from monitor.fetch import Fetcher, FetchRequest
-from monitor.models import Article, Link, RunStats, SourceDocResult
+from monitor.models import Article, Link, RunStats, SourceDocResult, TopicMatch
 from monitor.ops import LockHolder, run_breakdown, run_lock, run_markdown
 from monitor.snapshot import publish_from
 from monitor.store import Store, open_store
@@ -144,32 +144,42 @@ def extract_and_tag(settings: Settings, topics: TopicSet, links: Sequence[Link],
     return articles, matches
 
 
-@task(name="detect-and-store", cache_policy=NONE)
-def detect_and_store(settings: Settings, store: Store, run_id: str, articles: list[Article],
-                     matches: list[Any], topic_names: dict[str, str]) -> dict[str, int]:
-    """Novelty against the stored window, then one transaction writes the batch and its outbox rows."""
+def detect_novelty(settings: Settings, store: Store, articles: list[Article],
+                   matches: Sequence[TopicMatch]) -> novelty.NoveltyResult:
+    """Duplicates, stories and developments of a batch against what is stored (ingest and reprocess).
+
+    Exact copies of anything ever stored are found by content hash, outside the window too; the rest
+    is decided against the window candidates the store returns for the batch's keys.
+    """
     cfg = settings.monitor.novelty
     topics_of: dict[str, list[str]] = {}
     for m in sorted(matches, key=lambda m: (-m.score, m.topic)):
         topics_of.setdefault(m.article_id, []).append(m.topic)
     hashes = store.find_content_hashes(a.content_hash for a in articles if a.content_hash)
-    for a in articles:  # exact copies of anything ever stored, outside the window too
+    for a in articles:
         if a.status == "ok" and a.content_hash in hashes and hashes[a.content_hash] != a.id:
             a.status, a.duplicate_of = "duplicate", hashes[a.content_hash]
             a.status_reason = f"same text as {a.duplicate_of}"
-            a.story_id = store.scalar("SELECT story_id FROM articles WHERE id = ?", [a.duplicate_of])
+            a.story_id = store.story_of(a.duplicate_of)
     items = [novelty.NoveltyItem(a, topics_of.get(a.id, [])) for a in articles]
     outlets = {s.id: s.outlet_id for s in settings.sources}
-    prepared = _novelty_prepared(items)  # the store returns only the window candidates of the batch's keys
+    prepared = _novelty_prepared(items)
     candidates = store.novelty_candidates(novelty.candidate_query(prepared, cfg, datetime.now(UTC)))
-    result = novelty.decide(items, prepared, candidates, cfg, outlets)
+    return novelty.decide(items, prepared, candidates, cfg, outlets)
+
+
+@task(name="detect-and-store", cache_policy=NONE)
+def detect_and_store(settings: Settings, store: Store, run_id: str, articles: list[Article],
+                     matches: list[Any], topic_names: dict[str, str]) -> dict[str, int]:
+    """Novelty against the stored window, then one transaction writes the batch and its outbox rows."""
+    result = detect_novelty(settings, store, articles, matches)
     why = {(m.article_id, m.topic): explain_text(m.explanation) for m in matches}
     contexts = [_alert_context(store, d, articles, topic_names, why.get((d.article_id, d.topic), ""))
                 for d in result.developments]
+    ok_ids = {a.id for a in articles if a.status == "ok"}
     with store.transaction():
         stored = store.write_articles(articles, run_id, settings.monitor.storage.store_html)
-        store.write_topic_matches([m for m in matches
-                                   if any(a.id == m.article_id and a.status == "ok" for a in articles)])
+        store.write_topic_matches([m for m in matches if m.article_id in ok_ids])
         store.write_signatures(result.signatures)
         store.upsert_stories(result.stories)
         devs = store.write_developments(result.developments, run_id)
@@ -200,18 +210,15 @@ def _novelty_prepared(items: Sequence[novelty.NoveltyItem]) -> list[novelty.Prep
 
 
 def _alert_context(store: Store, d: Any, batch: list[Article], topic_names: dict[str, str], why: str) -> Any:
+    """What a message says beyond the development: outlet, earlier reports and their languages."""
     art = next(a for a in batch if a.id == d.article_id)
-    rows = store.con.execute(
-        "SELECT count(*), list(DISTINCT lang ORDER BY lang) FROM articles WHERE story_id = ?", [d.story_id]
-    ).fetchone()
+    stored, stored_langs = store.story_reach(d.story_id)
     batch_same = [a for a in batch if a.story_id == d.story_id and a.id != d.article_id
                   and novelty.event_time(a) <= novelty.event_time(art)]
-    langs = sorted({*(rows[1] or [] if rows else []), *(a.lang for a in batch_same if a.lang)})
-    outlet = store.scalar("SELECT coalesce(name, id) FROM sources WHERE id = ?", [art.source_id])
+    langs = sorted({*stored_langs, *(a.lang for a in batch_same if a.lang)})
     return alerts.AlertContext(development=d, topic_name=topic_names.get(d.topic, d.topic),
-                               outlet=outlet or art.source_id, published=art.published,
-                               earlier_reports=(rows[0] if rows else 0) + len(batch_same),
-                               languages=langs, explanation=why)
+                               outlet=store.source_name(art.source_id), published=art.published,
+                               earlier_reports=stored + len(batch_same), languages=langs, explanation=why)
 
 
 @task(name="deliver-alerts", cache_policy=NONE)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from monitor import novelty
+from flows.ingest import detect_novelty
 from monitor.config import Settings, load_settings
 from monitor.extract import ExtractInput, build_article, decompress_html, extract_batch, extraction_pool
 from monitor.models import Article, FetchResult, Link, TopicMatch
@@ -86,22 +86,8 @@ def re_extract(settings: Settings, rows: Sequence[dict[str, Any]], pool: Any) ->
 @task(name="re-detect", cache_policy=NONE)
 def re_detect(settings: Settings, store: Store, run_id: str, articles: list[Article],
               matches: list[TopicMatch]) -> dict[str, int]:
-    """Novelty over the rebuilt window, as ingest does it, and write the batch's derived state."""
-    cfg = settings.monitor.novelty
-    topics_of: dict[str, list[str]] = {}
-    for m in sorted(matches, key=lambda m: (-m.score, m.topic)):
-        topics_of.setdefault(m.article_id, []).append(m.topic)
-    hashes = store.find_content_hashes(a.content_hash for a in articles if a.content_hash)
-    for a in articles:
-        if a.status == "ok" and a.content_hash in hashes and hashes[a.content_hash] != a.id:
-            a.status, a.duplicate_of = "duplicate", hashes[a.content_hash]
-            a.status_reason = f"same text as {a.duplicate_of}"
-            a.story_id = store.scalar("SELECT story_id FROM articles WHERE id = ?", [a.duplicate_of])
-    times = [novelty.event_time(a) for a in articles if a.status == "ok" and a.text]
-    since = (min(times) if times else datetime.now(UTC)) - timedelta(hours=cfg.window_hours)
-    outlets = {s.id: s.outlet_id for s in settings.sources}
-    result = novelty.detect([novelty.NoveltyItem(a, topics_of.get(a.id, [])) for a in articles],
-                            store.window_entries(since), store.window_stories(since), cfg, outlets)
+    """Novelty exactly as ingest decides it, then overwrite the batch's derived state (no alerts)."""
+    result = detect_novelty(settings, store, articles, matches)
     ok_ids = {a.id for a in articles if a.status == "ok"}
     with store.transaction():
         store.update_extracted(articles)

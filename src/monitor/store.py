@@ -441,6 +441,21 @@ class Store:
         self._upsert("article_topics", ["article_id", "topic"],
                      "SELECT article_id, topic, score, explanation::JSON AS explanation, tagged_at FROM tbl", tbl)
 
+    def story_of(self, article_id: str) -> str | None:
+        row = self.con.execute("SELECT story_id FROM articles WHERE id = ?", [article_id]).fetchone()
+        return row[0] if row else None
+
+    def story_reach(self, story_id: str) -> tuple[int, list[str]]:
+        """How many stored articles a story has, and in which languages."""
+        row = self.con.execute(
+            "SELECT count(*), list(DISTINCT lang ORDER BY lang) FROM articles WHERE story_id = ?", [story_id]
+        ).fetchone()
+        return (int(row[0]), [x for x in (row[1] or []) if x]) if row else (0, [])
+
+    def source_name(self, source_id: str) -> str:
+        row = self.con.execute("SELECT coalesce(name, id) FROM sources WHERE id = ?", [source_id]).fetchone()
+        return str(row[0]) if row and row[0] else source_id
+
     # ---- reprocess / retag ----------------------------------------------------------------
     def stored_articles(self) -> list[dict[str, Any]]:
         """Every article with its stored HTML (codec, bytes; None when not kept), in first-seen order."""
