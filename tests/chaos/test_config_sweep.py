@@ -278,6 +278,8 @@ def test_missing_secret_and_syntax_error(tmp_path: Path, servers: Servers, fault
     env = cli_env(servers)
     del env["DEMO_WEBHOOK"]
     config = write_config(tmp_path, tmp_path / "data")
+    monitor_toml = config / "monitor.toml"  # the demo gives the webhook a default: make it required here
+    monitor_toml.write_text(re.sub(r"\$\{DEMO_WEBHOOK:-[^}]*\}", "${DEMO_WEBHOOK}", monitor_toml.read_text()))
     res = subprocess.run([PYTHON, "-m", "monitor.cli", "run", "--config", str(config)], env=env,
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     lines = res.stderr.strip().splitlines()

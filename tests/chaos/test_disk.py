@@ -86,11 +86,11 @@ def test_disk_full_mid_run_then_recovers(tmp_path: Path, servers: Servers, clean
         config = write_config(tmp_path, data)
         res = run_cli(cli_cmd(config), cli_env(servers), tmp_path)
         MID_RUN["res"], MID_RUN["data"] = res, data
-        # one line, non-zero, no traceback; naming the path is checked (xfail) in the next test
+        # one line, non-zero, no traceback; naming the path is checked in the next test
         problems = [p for p in one_clear_line(res, "") if not p.startswith("path")]
         last = (res.stderr.strip().splitlines() or [""])[-1]
         RESULTS[f"disk full mid-run ({size_kb} KB tmpfs), then disk grown"] = (
-            not problems, f"{last[:90]} (path not named: see known gaps)" if not problems else str(problems))
+            not problems, last[:120] if not problems else str(problems))
         assert not problems, res.stderr[-3000:]
         remount(data, "size=256m")
         servers.reset()
