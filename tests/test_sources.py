@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import pytest
 from tests.faultserver import news_sitemap
 
 from monitor.config import SourceConfig
@@ -122,3 +123,22 @@ def test_sniff_and_garbage_never_crash() -> None:
     for junk in (b"", b"\x00\x01\x02", b"\x1f\x8bnot gzip", b"{", b"<rss><channel><item>", b"<" * 10000):
         res = parse_source_document(SourceConfig(id="s", url=BASE), junk, BASE)
         assert res.error is None or not res.error.startswith("parser failed"), res.error
+
+
+def test_links_are_salvaged_when_feedparser_itself_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """feedparser can raise on some mutated documents (the chaos fuzzer found a ValueError inside it);
+    the error is recorded and the item links are still read with a lenient parser."""
+    import feedparser
+
+    from monitor.sources import parse_feed
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise ValueError("too many values to unpack (expected 2)")
+
+    monkeypatch.setattr(feedparser, "parse", crash)
+    src = SourceConfig(id="s", url="https://ex.org/feed", kind="rss")
+    doc = (b"<rss><channel><item><title>One</title><link>https://ex.org/news/one-story</link></item>"
+           b"<item><link>https://ex.org/news/two-story</link><title>broken &bogus; <</item></channel>")
+    res = parse_feed(doc, src, "https://ex.org/feed")
+    assert res.error and "ValueError" in res.error
+    assert [ln.url for ln in res.links] == ["https://ex.org/news/one-story", "https://ex.org/news/two-story"]

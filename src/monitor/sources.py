@@ -24,6 +24,7 @@ import courlan
 import feedparser
 from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
+from lxml import etree
 
 from monitor.config import SourceConfig
 from monitor.errors import SourceError
@@ -130,6 +131,7 @@ def parse_feed(content: bytes, source: SourceConfig, base_url: str,
                                   resolve_relative_uris=False)
     except Exception as exc:  # feedparser is lenient, but one document must never stop a run
         result.error = f"feed parser failed: {type(exc).__name__}: {str(exc)[:200]}"
+        _salvage_feed_links(content, source, base_url, result)
         return result
     if parsed.get("bozo"):
         bozo = parsed.get("bozo_exception")
@@ -144,6 +146,34 @@ def parse_feed(content: bytes, source: SourceConfig, base_url: str,
         except Exception as exc:  # one odd item must not cost the others
             result.warnings.append(f"item skipped: {type(exc).__name__}: {str(exc)[:200]}")
     return result
+
+
+def _salvage_feed_links(content: bytes, source: SourceConfig, base_url: str, result: SourceDocResult) -> None:
+    """When feedparser gives up, read item/entry links with lxml in recover mode (entities off)."""
+    try:
+        parser = etree.XMLParser(recover=True, resolve_entities=False, no_network=True, huge_tree=False)
+        root = etree.fromstring(content, parser)
+    except (etree.LxmlError, ValueError):
+        return
+    if root is None:
+        return
+    for item in root.iter():
+        if not isinstance(item.tag, str) or etree.QName(item).localname not in ("item", "entry"):
+            continue
+        href, title = None, None
+        for child in item:
+            if not isinstance(child.tag, str):
+                continue
+            name = etree.QName(child).localname
+            if name == "link" and not href:
+                href = (child.get("href") or child.text or "").strip() or None
+            elif name == "title" and not title:
+                title = clean_text(child.text, 500)
+        url = canonical_link(href or "", base_url, source.allow_offsite) if href else None
+        if url:
+            result.links.append(Link(url=url, source_id=source.id, via="feed", title=title))
+    if result.links:
+        result.warnings.append(f"{len(result.links)} links salvaged with a lenient XML parser")
 
 
 # character references to UTF-16 surrogates (U+D800..U+DFFF, i.e. 55296..57343), which are not characters
