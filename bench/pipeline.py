@@ -352,6 +352,9 @@ def instrument_flow() -> Any:
     return fi.ingest
 
 
+BATCH_SIZE = FetchConfig().batch_size
+
+
 def write_config(folder: Path, sets: list[corpus.CorpusSet], ports: list[int], name: str, db: Path) -> Path:
     cfg = folder / f"config-{name}-{db.stem}"
     cfg.mkdir(parents=True, exist_ok=True)
@@ -369,6 +372,7 @@ concurrency = 32
 retries = 1
 backoff_s = 0.2
 max_links_per_source = 100000
+batch_size = {BATCH_SIZE}
 [extract]
 workers = {WORKERS}
 [dashboard]
@@ -567,10 +571,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="300 articles, 200-article cycle, 100k store")
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-newspaper", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=None, help="fetch.batch_size for our pipeline runs")
     ap.add_argument("--profile", action="store_true", help="pyinstrument the flow run (b) into bench/results/")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "monitor-bench")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch_size or BATCH_SIZE
     if args.quick:
         args.articles, args.cycle, args.big = min(args.articles, 300), min(args.cycle, 200), min(args.big, 100_000)
     work = args.workdir
@@ -594,7 +601,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine_info(),
                               "config": {"articles": args.articles, "cycle": args.cycle, "big_store": args.big,
                                          "hosts": HOSTS, "workers": WORKERS, "per_host": 8, "min_delay_s": 0,
-                                         "concurrency": 32, "batch_size": FetchConfig().batch_size,
+                                         "concurrency": 32, "batch_size": BATCH_SIZE,
                                          "reset_every": RESET_EVERY, "store_html": True},
                               "note": "measured on a shared 2-core machine while other work ran (see loadavg)"}
     print(f"bench: {args.articles} articles on {HOSTS} hosts, load average {os.getloadavg()[0]:.2f}", flush=True)
