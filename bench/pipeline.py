@@ -272,13 +272,17 @@ TIMINGS = Timings()
 
 
 def _timed_body(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """Time a task body; `.last` keeps the latest call's seconds for TimedTask.submit's callback."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            TIMINGS.add("body", name, time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            wrapper.last = dt  # type: ignore[attr-defined]
+            TIMINGS.add("body", name, dt)
 
     return wrapper
 
@@ -317,27 +321,13 @@ class TimedTask:
         return fut
 
 
-def _timed_submitted_body(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            dt = time.perf_counter() - t0
-            wrapper.last = dt  # type: ignore[attr-defined]
-            TIMINGS.add("body", name, dt)
-
-    return wrapper
-
-
 def instrument_flow() -> Any:
     """Time task bodies (task.fn), task runs (the module globals the flow calls) and the flow body."""
     import flows.ingest as fi
 
     for name in STAGES:
         task = getattr(fi, name)
-        task.fn = (_timed_submitted_body if name == "extract_and_tag" else _timed_body)(task.fn, name)
+        task.fn = _timed_body(task.fn, name)
         setattr(fi, name, TimedTask(task, name))
     fi.ingest.fn = _timed_body(fi.ingest.fn, "flow")
     # the wrapper's string annotations cannot be resolved in this module; the parameters are plain str

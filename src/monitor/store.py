@@ -987,16 +987,26 @@ def _open_lake(storage: StorageConfig, read_only: bool) -> Iterator[Store]:
     from monitor import lake
 
     con = lake.connect(storage.catalog, storage.data_path, read_only=read_only)
-    store = Store(con, Path(storage.data_path), lake=True)
+    with _serving(Store(con, Path(storage.data_path), lake=True), f"lake {lake.describe(storage.catalog)}",
+                  migrate=not read_only) as store:
+        yield store
+
+
+@contextmanager
+def _serving(store: Store, where: str, *, migrate: bool, setup: Sequence[str] = ()) -> Iterator[Store]:
+    """Run setup statements, migrate (for writers), hand out the store, turn DuckDB errors into
+    StoreError naming `where`, and always close."""
     try:
-        if not read_only:
+        for sql in setup:
+            store.con.execute(sql)
+        if migrate:
             store.migrate()
         yield store
     except duckdb.Error as exc:
-        raise StoreError(f"lake {lake.describe(storage.catalog)}: {_describe(exc)}") from exc
+        raise StoreError(f"{where}: {_describe(exc)}") from exc
     finally:
         with suppress(duckdb.Error):
-            con.close()
+            store.con.close()
 
 
 WRITER_MEMORY_LIMIT = "512MB"
@@ -1021,16 +1031,8 @@ def open_store(path: str | Path, *, read_only: bool = False, storage: StorageCon
         con = duckdb.connect(str(p), read_only=read_only)
     except (duckdb.Error, OSError) as exc:
         raise StoreError(f"cannot open database {p}: {_describe(exc)}") from None
-    store = Store(con, p)
-    try:
-        if not read_only:
-            # bounded memory (DuckDB's default is 80% of RAM): the writer spills to disk past this;
-            # the full-text rebuild over 1M articles stays under ~0.7 GB RSS (bench/pipeline.py)
-            con.execute(f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'")
-            store.migrate()
+    # bounded memory for the writer (DuckDB's default is 80% of RAM): it spills to disk past this;
+    # the full-text rebuild over 1M articles stays under ~0.7 GB RSS (bench/pipeline.py)
+    setup = () if read_only else (f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'",)
+    with _serving(Store(con, p), f"database {p}", migrate=not read_only, setup=setup) as store:
         yield store
-    except duckdb.Error as exc:
-        raise StoreError(f"database {p}: {_describe(exc)}") from exc
-    finally:
-        with suppress(duckdb.Error):
-            con.close()

@@ -622,26 +622,9 @@ class TopicSet:
         """All term ids (of all topics) that a normalised document token matches."""
         T = self._terms
         found: list[int] = []
-        tid = T.exact.get(tok)
-        if tid is not None:
-            found.append(tid)
-        for k in T.prefix_lens:
-            if k > len(tok):
-                break
-            tid = T.prefix.get(tok[:k])
-            if tid is not None:
-                found.append(tid)
+        _probe(tok, T.exact, T.prefix, T.prefix_lens, found)
         if T.need_translit:
-            key = translit_key(tok)
-            tid = T.exact_tr.get(key)
-            if tid is not None:
-                found.append(tid)
-            for k in T.prefix_tr_lens:
-                if k > len(key):
-                    break
-                tid = T.prefix_tr.get(key[:k])
-                if tid is not None:
-                    found.append(tid)
+            _probe(translit_key(tok), T.exact_tr, T.prefix_tr, T.prefix_tr_lens, found)
         return tuple(found)
 
     def _lookup(self, doc: _Doc) -> _Hits:
@@ -748,6 +731,19 @@ class TopicSet:
 # Explanations
 
 _WS = re.compile(r"\s+")
+
+
+def _probe(tok: str, exact: dict[str, int], prefix: dict[str, int], lens: Sequence[int], found: list[int]) -> None:
+    """Add the ids of the exact term and of every prefix (wildcard) term that `tok` matches."""
+    tid = exact.get(tok)
+    if tid is not None:
+        found.append(tid)
+    for k in lens:
+        if k > len(tok):
+            break
+        tid = prefix.get(tok[:k])
+        if tid is not None:
+            found.append(tid)
 
 
 def _surface(doc: _Doc, first: int, last: int) -> tuple[str, str]:
