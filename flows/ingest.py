@@ -2,6 +2,8 @@
 
 Only wiring lives here. Work moves in batches (one task run per batch of up to `fetch.batch_size`
 articles, never one per article); every article's outcome is data in the `articles` table.
+Task arguments are passed `quote`d: Prefect would otherwise walk every article, link and page of a
+batch looking for futures (a third of the flow process's CPU in bench/pipeline.py's py-spy profile).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.utilities.annotations import quote
 
 from monitor import alerts, novelty, sources
 from monitor.config import Settings, SourceConfig, load_settings
@@ -332,7 +335,7 @@ def _cycle(settings: Settings, progress: Progress | None,
         store.start_run(stats.run_id)
         store.sync_sources([(s.id, s.url, s.kind, s.name) for s in settings.sources])
         progress("discover", 0, len(settings.sources))
-        docs = discover(settings, store.source_states(), now)
+        docs = discover(quote(settings), quote(store.source_states()), now)
         _record_polls(store, docs, stats, now, settings.monitor.schedule.interval_minutes or 30)
         stats.alerts_queued += _source_health_alerts(store, settings)
         progress("discover", len(settings.sources), len(settings.sources))
@@ -352,15 +355,17 @@ def _cycle(settings: Settings, progress: Progress | None,
             # stored. Detect/store still runs one batch at a time, in order, in this thread.
             batches = list(_chunks(new_links, settings.monitor.fetch.batch_size))
             inflight: list[tuple[Sequence[Link], list[Any], Any]] = []
-            fetched_next = fetch_batch(settings, batches[0]) if batches else []
+            fetched_next = fetch_batch(quote(settings), quote(batches[0])) if batches else []
             for k, batch in enumerate(batches):
                 fetched = fetched_next
-                inflight.append((batch, fetched, extract_and_tag.submit(settings, topics, batch, fetched, pool)))
-                fetched_next = fetch_batch(settings, batches[k + 1]) if k + 1 < len(batches) else []
+                inflight.append((batch, fetched, extract_and_tag.submit(quote(settings), quote(topics), quote(batch),
+                                                                      quote(fetched), pool)))
+                fetched_next = fetch_batch(quote(settings), quote(batches[k + 1])) if k + 1 < len(batches) else []
                 while inflight and (len(inflight) > 1 or k + 1 == len(batches)):
                     done_batch, done_fetched, fut = inflight.pop(0)
                     arts, matches = fut.result()
-                    counts = detect_and_store(settings, store, stats.run_id, arts, matches, topic_names)
+                    counts = detect_and_store(quote(settings), store, stats.run_id, quote(arts), quote(matches),
+                                              quote(topic_names))
                     _count_batch(stats, arts, done_fetched, counts)
                     done += len(done_batch)
                     progress("articles", done, len(new_links))
@@ -369,10 +374,10 @@ def _cycle(settings: Settings, progress: Progress | None,
         for sid, s in stats.sources.items():
             if s.stored:
                 store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])
-        report = deliver(settings, store)
+        report = deliver(quote(settings), store)
         stats.alerts_sent, stats.alerts_pending, stats.alerts_failed = (report.sent, report.pending,
                                                                         report.failed)
-        stats.dashboard = dashboard(settings, store)
+        stats.dashboard = dashboard(quote(settings), store)
         stats.seconds = round(time.monotonic() - started, 2)
         store.finish_run(stats.run_id, "ok", stats.as_dict())
         out = stats.as_dict()
