@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -44,6 +44,14 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 
 def _noop(stage: str, done: int, total: int) -> None:
     return None
+
+
+def quoted(value: T) -> T:
+    """`value` wrapped so that Prefect passes it to a task without walking it (see the module docstring).
+
+    Typed as the value itself: the task body receives it unwrapped.
+    """
+    return cast(T, quote(value))
 
 
 # ---- discovery ----------------------------------------------------------------------------------
@@ -335,7 +343,7 @@ def _cycle(settings: Settings, progress: Progress | None,
         store.start_run(stats.run_id)
         store.sync_sources([(s.id, s.url, s.kind, s.name) for s in settings.sources])
         progress("discover", 0, len(settings.sources))
-        docs = discover(quote(settings), quote(store.source_states()), now)
+        docs = discover(quoted(settings), quoted(store.source_states()), now)
         _record_polls(store, docs, stats, now, settings.monitor.schedule.interval_minutes or 30)
         stats.alerts_queued += _source_health_alerts(store, settings)
         progress("discover", len(settings.sources), len(settings.sources))
@@ -355,17 +363,17 @@ def _cycle(settings: Settings, progress: Progress | None,
             # stored. Detect/store still runs one batch at a time, in order, in this thread.
             batches = list(_chunks(new_links, settings.monitor.fetch.batch_size))
             inflight: list[tuple[Sequence[Link], list[Any], Any]] = []
-            fetched_next = fetch_batch(quote(settings), quote(batches[0])) if batches else []
+            fetched_next = fetch_batch(quoted(settings), quoted(batches[0])) if batches else []
             for k, batch in enumerate(batches):
                 fetched = fetched_next
-                inflight.append((batch, fetched, extract_and_tag.submit(quote(settings), quote(topics), quote(batch),
-                                                                      quote(fetched), pool)))
-                fetched_next = fetch_batch(quote(settings), quote(batches[k + 1])) if k + 1 < len(batches) else []
+                inflight.append((batch, fetched, extract_and_tag.submit(quoted(settings), quoted(topics), quoted(batch),
+                                                                      quoted(fetched), pool)))
+                fetched_next = fetch_batch(quoted(settings), quoted(batches[k + 1])) if k + 1 < len(batches) else []
                 while inflight and (len(inflight) > 1 or k + 1 == len(batches)):
                     done_batch, done_fetched, fut = inflight.pop(0)
                     arts, matches = fut.result()
-                    counts = detect_and_store(quote(settings), store, stats.run_id, quote(arts), quote(matches),
-                                              quote(topic_names))
+                    counts = detect_and_store(quoted(settings), store, stats.run_id, quoted(arts), quoted(matches),
+                                              quoted(topic_names))
                     _count_batch(stats, arts, done_fetched, counts)
                     done += len(done_batch)
                     progress("articles", done, len(new_links))
@@ -374,10 +382,10 @@ def _cycle(settings: Settings, progress: Progress | None,
         for sid, s in stats.sources.items():
             if s.stored:
                 store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])
-        report = deliver(quote(settings), store)
+        report = deliver(quoted(settings), store)
         stats.alerts_sent, stats.alerts_pending, stats.alerts_failed = (report.sent, report.pending,
                                                                         report.failed)
-        stats.dashboard = dashboard(quote(settings), store)
+        stats.dashboard = dashboard(quoted(settings), store)
         stats.seconds = round(time.monotonic() - started, 2)
         store.finish_run(stats.run_id, "ok", stats.as_dict())
         out = stats.as_dict()

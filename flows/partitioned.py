@@ -25,7 +25,6 @@ from prefect import Flow, flow, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
-from prefect.utilities.annotations import quote
 
 from flows.ingest import (
     _chunks,
@@ -36,6 +35,7 @@ from flows.ingest import (
     discover,
     extract_and_tag,
     fetch_batch,
+    quoted,
 )
 from monitor import lake, sources
 from monitor.config import Settings, SourceConfig, load_settings
@@ -86,7 +86,7 @@ def ingest_partition(config_dir: str, cycle_id: str, partition: int, partitions:
     now = datetime.now(UTC)
     with open_store(settings.db_path, storage=settings.monitor.storage) as store:
         states = store.source_states()
-    docs = discover(quote(mine), quote(states), now)
+    docs = discover(quoted(mine), quoted(states), now)
     links = sources.dedupe_links(ln for d in docs for ln in d.links)
     with open_store(settings.db_path, storage=settings.monitor.storage) as store:
         known = store.known_article_ids(ln.article_id for ln in links)
@@ -114,8 +114,8 @@ def _extract(settings: Settings, todo: list[tuple[int, Link]]) -> list[lake.Stag
     with extraction_pool(settings.monitor.extract.workers if todo else 0) as pool:
         for batch in _chunks(todo, settings.monitor.fetch.batch_size):
             links = [ln for _, ln in batch]
-            fetched = fetch_batch(quote(settings), quote(links))
-            arts, matches = extract_and_tag(quote(settings), quote(topics), quote(links), quote(fetched), pool)
+            fetched = fetch_batch(quoted(settings), quoted(links))
+            arts, matches = extract_and_tag(quoted(settings), quoted(topics), quoted(links), quoted(fetched), pool)
             for (seq, ln), art in zip(batch, arts, strict=True):
                 out.append(lake.Staged(ln.source_id, seq, art, [m for m in matches if m.article_id == art.id]))
     return out
@@ -166,8 +166,8 @@ def commit(settings: Settings, store: Store, cycle_id: str) -> dict[str, Any]:
     rows = lake.staged(store.con, cycle_id)
     for batch in _chunks(rows, settings.monitor.fetch.batch_size):
         arts = [r.article for r in batch]
-        counts = detect_and_store(quote(settings), store, cycle_id, quote(arts),
-                                  quote([m for r in batch for m in r.matches]), quote(names))
+        counts = detect_and_store(quoted(settings), store, cycle_id, quoted(arts),
+                                  quoted([m for r in batch for m in r.matches]), quoted(names))
         for a in arts:
             stats.source(a.source_id).stored += 1
             stats.statuses[a.status] = stats.statuses.get(a.status, 0) + 1
@@ -178,7 +178,7 @@ def commit(settings: Settings, store: Store, cycle_id: str) -> dict[str, Any]:
     for sid in sorted({r.source_id for r in rows}):
         store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])
     lake.clear_staged(store.con, cycle_id)
-    report = deliver(quote(settings), store)
+    report = deliver(quoted(settings), store)
     stats.alerts_sent, stats.alerts_pending, stats.alerts_failed = report.sent, report.pending, report.failed
     stats.seconds = round(time.monotonic() - started, 2)
     store.finish_run(cycle_id, "ok", stats.as_dict())

@@ -21,9 +21,8 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
-from prefect.utilities.annotations import quote
 
-from flows.ingest import detect_novelty
+from flows.ingest import detect_novelty, quoted
 from monitor.config import Settings, load_settings
 from monitor.extract import ExtractInput, build_article, decompress_html, extract_batch, extraction_pool
 from monitor.models import Article, FetchResult, Link, TopicMatch
@@ -116,9 +115,9 @@ def reprocess(config_dir: str) -> dict[str, Any]:
         store.reset_derived()
         with extraction_pool(settings.monitor.extract.workers if rows else 0) as pool:
             for batch in _chunks(rows, settings.monitor.fetch.batch_size):
-                articles = re_extract(quote(settings), quote(batch), pool)
+                articles = re_extract(quoted(settings), quoted(batch), pool)
                 matches = topics.tag_many((a.id, a.title, a.text, a.lang) for a in articles if a.status == "ok")
-                counts = re_detect(quote(settings), store, run_id, quote(articles), quote(matches))
+                counts = re_detect(quoted(settings), store, run_id, quoted(articles), quoted(matches))
                 stats["articles"] += len(articles)
                 stats["reextracted"] += sum(r["html"] is not None for r in batch)
                 stats["tagged"] += counts["tagged"]

@@ -4,15 +4,17 @@ does not grow with history outside the window (row counts, not timings; timings 
 from __future__ import annotations
 
 import importlib.util
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import monitor.store as store_mod
 from monitor import novelty
 from monitor.config import NoveltyConfig
-from monitor.store import Store, open_store
+from monitor.store import CandidateQuery, Store, WindowEntry, open_store
 from test_novelty_quality import article_of, load_timeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +29,11 @@ def _bench() -> Any:
     return mod
 
 
-def _run(store: Store, via_candidates: bool) -> tuple[list[tuple[Any, ...]], list[dict[str, int]]]:
+def _run(store: Store, via_candidates: bool,
+         rows: list[dict[str, Any]] | None = None) -> tuple[list[tuple[Any, ...]], list[dict[str, int]]]:
     """The timeline through a real store in batches, as detect_and_store does it (or with the whole window)."""
     cfg = NoveltyConfig()
-    rows = load_timeline()
+    rows = load_timeline() if rows is None else rows
     decided: list[tuple[Any, ...]] = []
     looked_up: list[dict[str, int]] = []
     for lo in range(0, len(rows), BATCH):
@@ -72,7 +75,7 @@ def test_lookup_rows_do_not_grow_with_history_outside_the_window(tmp_path: Path)
         # 20,000 articles over the year before the window (the timeline starts 19 Nov 2025)
         bench.synthesize(store, 20_000, datetime(2025, 10, 1, tzinfo=UTC), chunk=10_000, vocab_size=5_000)
         assert store.scalar("SELECT count(*) FROM article_facts") > 20_000 * 15
-        assert store.scalar("SELECT count(*) FROM story_facts") > 0
+        assert store.scalar("SELECT count(*) FROM story_fact_keys") > 0
         full, full_rows = _run(store, via_candidates=True)
     assert full_rows == empty_rows
     assert full == empty
@@ -112,3 +115,71 @@ def test_candidates_decide_like_the_whole_window_on_a_full_window(tmp_path: Path
         assert joined > 0  # some new articles joined stored stories: the comparison is not trivial
     # the score bound fetched only a part of the window's stories (the rest cannot take any article)
     assert sum(fetched) < sum(in_window) / 2
+
+
+def _df_by_scan(store: Store, since: datetime) -> dict[str, int]:
+    """The window document frequency straight from article_facts (what fact_days must add up to)."""
+    rows = store.con.execute("SELECT fact, count(*) FROM article_facts WHERE first_seen >= ? GROUP BY fact",
+                             [since]).fetchall()
+    return {f: int(n) for f, n in rows}
+
+
+def test_window_df_from_day_counts_equals_a_scan(tmp_path: Path) -> None:
+    """fact_days (whole days, sealed day by day, late articles added to sealed days) plus the partial
+    first day from article_facts give exactly the scan's counts, for window starts anywhere in a day."""
+    rng = random.Random(5)
+    vocab = [f"k{i}" for i in range(40)] + ["#12", "#345"]
+    t0 = datetime(2025, 11, 3, 7, 30, tzinfo=UTC)
+    entries = [WindowEntry(f"a{i}", f"s{i % 17}", t0 + timedelta(minutes=37 * i), None, None,
+                           sorted(set(rng.sample(vocab, rng.randint(1, 8)))), f"src{i % 3}")
+               for i in range(400)]  # ~10 days
+    late = [e for i, e in enumerate(entries) if i % 23 == 5]
+    timely = [e for e in entries if e not in late]
+    starts = [t0 + timedelta(hours=h, minutes=m) for h in (0, 13, 24 + 5, 72, 100, 150, 190) for m in (0, 17)]
+    starts += [datetime(2025, 11, d, tzinfo=UTC) for d in (4, 6, 9)]  # exactly at midnight
+    with open_store(tmp_path / "df.duckdb") as store:
+        for lo in range(0, len(timely), 25):
+            with store.transaction():
+                store.write_signatures(timely[lo:lo + 25])
+        sealed = store.scalar("SELECT day FROM fact_days_sealed")
+        # days before the sealed one hold one row per fact
+        assert store.scalar("SELECT count(*) FROM (SELECT fact, day FROM fact_days WHERE day < ? "
+                            "GROUP BY ALL HAVING count(*) > 1)", [sealed]) == 0
+        assert sealed >= store.scalar("SELECT min(day) FROM fact_days") + 8
+        with store.transaction():
+            store.write_signatures(late)  # into sealed days
+        for since in starts:
+            q = CandidateQuery(since=since, echo_since=since, until=since, surge_since=since, hashes=[],
+                               facts=vocab, minhashes=[])
+            got = store.novelty_candidates(q).df
+            assert got == _df_by_scan(store, since), since
+            assert sum(got.values()) > 0
+
+
+def test_an_upgraded_store_decides_like_a_new_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migrations 70-72 backfill story_fact_keys, fact_days and story_keys from the rows of a store
+    written under the earlier schema: the second half of the timeline is then decided as on a store
+    that had the new tables all along."""
+    rows = load_timeline()
+    half = len(rows) // 2
+    new_db, old_db = tmp_path / "new.duckdb", tmp_path / "old.duckdb"
+    with open_store(new_db) as store:
+        _run(store, via_candidates=True, rows=rows[:half])
+    every = list(store_mod.MIGRATIONS)
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [m for m in every if m[0] <= 2])
+    with open_store(old_db) as store:
+        store.con.execute(f"ATTACH '{new_db}' AS src (READ_ONLY)")
+        store.con.execute("INSERT INTO article_signatures SELECT * FROM src.article_signatures")
+        store.con.execute("INSERT INTO stories SELECT * FROM src.stories")
+    monkeypatch.setattr(store_mod, "MIGRATIONS", every)
+    with open_store(old_db) as old, open_store(new_db) as new:
+        assert {70, 71, 72} <= {r[0] for r in old.con.execute("SELECT version FROM schema_migrations").fetchall()}
+        for sql in ("SELECT fact, day, sum(n) FROM fact_days GROUP BY ALL ORDER BY ALL",
+                    "SELECT DISTINCT fact, story FROM story_fact_keys ORDER BY ALL",
+                    "SELECT DISTINCT story, id FROM story_keys ORDER BY ALL"):
+            assert old.con.execute(sql).fetchall() == new.con.execute(sql).fetchall(), sql
+        assert old.scalar("SELECT count(*) FROM fact_days") > 0
+        upgraded, _ = _run(old, via_candidates=True, rows=rows[half:])
+        native, _ = _run(new, via_candidates=True, rows=rows[half:])
+    assert upgraded == native
+    assert any(d[1] == "update" for d in native)
