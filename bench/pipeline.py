@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline.py            # 5,000 articles, 1,000-article cycle vs a 1M store (~10 min)
     .venv/bin/python bench/pipeline.py --quick    # small sizes, for development
-    .venv/bin/python bench/pipeline.py --articles 20000 --skip-scale   # the memory goal
+    .venv/bin/python bench/pipeline.py --articles 20000 --skip-scale --skip-newspaper --skip-ceiling  # memory
     .venv/bin/python bench/pipeline.py --quick --profile               # + pyinstrument of the flow process
 
 One process tree, one run (needs `pip install -e .[bench]`):
