@@ -210,56 +210,54 @@ Job = tuple[corpus.CorpusSet, list[int]]
 JobResult = tuple[int, float, float, int]  # docs, busy seconds, CPU seconds (extraction only), with text
 
 
-def _timed_trafilatura(job: Job, favor_precision: bool) -> JobResult:
-    """bare_extraction over a job's pages, timing only the extraction calls."""
+def _timed_pages(job: Job, extract: Callable[[bytes, str], bool]) -> JobResult:
+    """`extract(page bytes, url) -> got text` over a job's pages, timing only the extraction calls."""
+    s, idx = job
+    busy = cpu = 0.0
+    ok = 0
+    for i in idx:
+        raw = corpus.article_bytes(_BASE, s, i)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ok += extract(raw, f"http://127.0.0.1{s.path(i)}")
+        busy += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+    return len(idx), busy, cpu, ok
+
+
+def _trafilatura_page(raw: bytes, url: str, favor_precision: bool) -> bool:
     import trafilatura
 
     from monitor.extract import TRAFILATURA_OPTIONS
 
-    s, idx = job
-    busy = cpu = 0.0
-    ok = 0
-    for i in idx:
-        raw = corpus.article_bytes(_BASE, s, i)
-        t0, c0 = time.perf_counter(), time.process_time()
-        doc = trafilatura.bare_extraction(raw, url=f"http://127.0.0.1{s.path(i)}", favor_precision=favor_precision,
-                                          **TRAFILATURA_OPTIONS)
-        busy += time.perf_counter() - t0
-        cpu += time.process_time() - c0
-        ok += bool(getattr(doc, "text", None))
-    return len(idx), busy, cpu, ok
+    doc = trafilatura.bare_extraction(raw, url=url, favor_precision=favor_precision, **TRAFILATURA_OPTIONS)
+    return bool(getattr(doc, "text", None))
 
 
 def _raw_trafilatura(job: Job) -> JobResult:
     """The ceiling: trafilatura's default (balanced) mode, comments excluded, metadata and tables on."""
-    return _timed_trafilatura(job, favor_precision=False)
+    return _timed_pages(job, functools.partial(_trafilatura_page, favor_precision=False))
 
 
 def _equal_trafilatura(job: Job) -> JobResult:
     """bare_extraction with the options monitor.extract runs it with (its first, precision pass)."""
-    return _timed_trafilatura(job, favor_precision=True)
+    return _timed_pages(job, functools.partial(_trafilatura_page, favor_precision=True))
+
+
+def _newspaper_page(raw: bytes, url: str) -> bool:
+    from newspaper import Article
+
+    try:
+        # newspaper4k wants text: decoding is part of its cost (trafilatura takes bytes)
+        art = Article(url, fetch_images=False)
+        art.download(input_html=raw.decode("utf-8", "replace"))
+        art.parse()
+        return bool(art.text)
+    except Exception:  # e.g. its Korean tokenizer needs nltk: a failed page, not a failed run
+        return False
 
 
 def _newspaper(job: Job) -> JobResult:
-    from newspaper import Article
-
-    s, idx = job
-    busy = cpu = 0.0
-    ok = 0
-    for i in idx:
-        raw = corpus.article_bytes(_BASE, s, i)
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            # newspaper4k wants text: decoding is part of its cost (trafilatura takes bytes)
-            art = Article(f"http://127.0.0.1{s.path(i)}", fetch_images=False)
-            art.download(input_html=raw.decode("utf-8", "replace"))
-            art.parse()
-            ok += bool(art.text)
-        except Exception:  # e.g. its Korean tokenizer needs nltk: a failed page, not a failed run
-            pass
-        busy += time.perf_counter() - t0
-        cpu += time.process_time() - c0
-    return len(idx), busy, cpu, ok
+    return _timed_pages(job, _newspaper_page)
 
 
 def run_extractor(name: str, fn: Callable[[Job], JobResult],
@@ -722,8 +720,7 @@ def scale(ingest: Any, run_dir: Path, work: Path, sets: list[corpus.CorpusSet], 
     synth_s = None
     if not cached.exists():
         tmp = cached.with_suffix(".tmp")
-        synth_s = synth_store(tmp, args.big)
-        tmp.with_suffix(".json").replace(cached.with_suffix(".json"))
+        synth_s = synth_store(tmp, args.big)  # its index timing goes to cached.with_suffix(".json") already
         tmp.replace(cached)
         print(f"  synthesised the big store in {synth_s:.1f}s ({mb(cached.stat().st_size)} MB)", flush=True)
     fts_s = float(json.loads(cached.with_suffix(".json").read_text())["fts_rebuild_s"])

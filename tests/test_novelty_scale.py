@@ -29,6 +29,24 @@ def _bench() -> Any:
     return mod
 
 
+def _decide(store: Store, items: list[novelty.NoveltyItem], cfg: NoveltyConfig, now: datetime,
+            via_candidates: bool) -> tuple[Any, Any, Any]:
+    """(result, query, candidates or None) of one batch: through the store's candidate lookup as
+    detect_and_store does it, or against the whole window. Nothing is written yet."""
+    prepared = novelty.prepare(items)
+    q = novelty.candidate_query(prepared, cfg, now)
+    if via_candidates:
+        cand = store.novelty_candidates(q)
+        return novelty.decide(items, prepared, cand, cfg), q, cand
+    return novelty.detect(items, store.window_entries(q.since), store.window_stories(q.since), cfg), q, None
+
+
+def _write(store: Store, res: Any) -> None:
+    with store.transaction():
+        store.write_signatures(res.signatures)
+        store.upsert_stories(res.stories)
+
+
 def _run(store: Store, via_candidates: bool,
          rows: list[dict[str, Any]] | None = None) -> tuple[list[tuple[Any, ...]], list[dict[str, int]]]:
     """The timeline through a real store in batches, as detect_and_store does it (or with the whole window)."""
@@ -39,17 +57,10 @@ def _run(store: Store, via_candidates: bool,
     for lo in range(0, len(rows), BATCH):
         batch = rows[lo:lo + BATCH]
         items = [novelty.NoveltyItem(article_of(r), [r["topic"]] if r["topic"] else []) for r in batch]
-        prepared = novelty.prepare(items)
-        q = novelty.candidate_query(prepared, cfg, datetime.now(UTC))
-        if via_candidates:
-            cand = store.novelty_candidates(q)
+        res, _, cand = _decide(store, items, cfg, datetime.now(UTC), via_candidates)
+        if cand is not None:
             looked_up.append(cand.rows)
-            res = novelty.decide(items, prepared, cand, cfg)
-        else:
-            res = novelty.detect(items, store.window_entries(q.since), store.window_stories(q.since), cfg)
-        with store.transaction():
-            store.write_signatures(res.signatures)
-            store.upsert_stories(res.stories)
+        _write(store, res)
         decided += [(it.article.id, it.article.status, it.article.duplicate_of, it.article.story_id) for it in items]
         decided += sorted((d.id, d.kind, d.story_id, d.score, str(d.what_is_new), str(d.compared_with))
                           for d in res.developments)
@@ -95,19 +106,11 @@ def test_candidates_decide_like_the_whole_window_on_a_full_window(tmp_path: Path
             bench.synthesize(store, 5_000, bench.END, span_days=13, chunk=5_000, vocab_size=5_000, dist=dist)
             items = bench.new_items(200, bench.END, vocab_size=5_000, dist=dist)
             for lo in range(0, len(items), 50):
-                chunk = items[lo:lo + 50]
-                prepared = novelty.prepare(chunk)
-                q = novelty.candidate_query(prepared, cfg, bench.END)
-                if via_candidates:
-                    cand = store.novelty_candidates(q)
+                res, q, cand = _decide(store, items[lo:lo + 50], cfg, bench.END, via_candidates)
+                if cand is not None:
                     fetched.append(cand.rows["stories"])
                     in_window.append(len(store.window_stories(q.since)))
-                    res = novelty.decide(chunk, prepared, cand, cfg)
-                else:
-                    res = novelty.detect(chunk, store.window_entries(q.since), store.window_stories(q.since), cfg)
-                with store.transaction():
-                    store.write_signatures(res.signatures)
-                    store.upsert_stories(res.stories)
+                _write(store, res)
             out.append([(it.article.id, it.article.status, it.article.story_id) for it in items])
     assert out[0] == out[1]
     joined = sum(1 for _, status, sid in out[1] if status == "ok" and sid and sid.startswith("s-syn-"))

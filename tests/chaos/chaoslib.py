@@ -159,6 +159,20 @@ def run_cli(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 180
 # ---- process groups -----------------------------------------------------------------------------
 
 
+def one_line_problems(rc: int, stdout: str, stderr: str) -> tuple[list[str], list[str]]:
+    """What is wrong with a CLI's failure answer in general (it exited 0, printed a traceback, or said
+    more or less than one stderr line), and its non-empty stderr lines for the caller's own checks."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    problems = []
+    if rc == 0:
+        problems.append("exit 0")
+    if "Traceback" in stderr + stdout:
+        problems.append("traceback")
+    if len(lines) != 1:
+        problems.append(f"{len(lines)} stderr lines")
+    return problems, lines
+
+
 def _stat(pid: int) -> tuple[int, int] | None:
     """(ppid, pgrp) of a live process, from /proc (no psutil needed)."""
     try:

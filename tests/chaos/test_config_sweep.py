@@ -22,7 +22,7 @@ from typing import Any
 
 import annotated_types
 from pydantic import BaseModel
-from tests.chaos.chaoslib import PYTHON, FaultTable, Servers, cli_env, write_config
+from tests.chaos.chaoslib import PYTHON, FaultTable, Servers, cli_env, one_line_problems, write_config
 
 from monitor.config import MonitorFile, SourceConfig, TopicConfig
 
@@ -203,14 +203,7 @@ class Outcome:
     stderr: str
 
     def problems(self) -> list[str]:
-        lines = [ln for ln in self.stderr.splitlines() if ln.strip()]
-        out = []
-        if self.rc == 0:
-            out.append("accepted (exit 0)")
-        if "Traceback" in self.stderr + self.stdout:
-            out.append("traceback")
-        if len(lines) != 1:
-            out.append(f"{len(lines)} stderr lines")
+        out, lines = one_line_problems(self.rc, self.stdout, self.stderr)
         line = lines[0] if lines else ""
         if FILES[self.case.file] not in line:
             out.append("file not named")

@@ -17,7 +17,17 @@ from typing import Any
 
 import duckdb
 import pytest
-from tests.chaos.chaoslib import CleanRun, FaultTable, Servers, cli_cmd, cli_env, db_figures, run_cli, write_config
+from tests.chaos.chaoslib import (
+    CleanRun,
+    FaultTable,
+    Servers,
+    cli_cmd,
+    cli_env,
+    db_figures,
+    one_line_problems,
+    run_cli,
+    write_config,
+)
 
 from monitor.store import open_store
 
@@ -47,14 +57,7 @@ def remount(path: Path, opts: str) -> None:
 
 def one_clear_line(res: subprocess.CompletedProcess[str], must_name: str) -> list[str]:
     """What is wrong with the CLI's answer to a storage fault (empty: it is right)."""
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    problems = []
-    if res.returncode == 0:
-        problems.append("exit 0")
-    if "Traceback" in res.stderr + res.stdout:
-        problems.append("traceback")
-    if len(lines) != 1:
-        problems.append(f"{len(lines)} stderr lines")
+    problems, lines = one_line_problems(res.returncode, res.stdout, res.stderr)
     if not lines or not lines[-1].startswith("error: ") or must_name not in lines[-1]:
         problems.append(f"path {must_name} not named")
     return problems
