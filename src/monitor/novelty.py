@@ -17,6 +17,7 @@ from those candidates only. Pure: no IO.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -92,6 +93,7 @@ _DIGRAPHS = (("sch", "s"), ("sh", "s"), ("zh", "s"), ("ch", "k"), ("kh", "k"), (
 _VOWELISH = re.compile(r"[aeiouyj]+")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # names recur across articles; the key is a pure function of the word
 def name_key(word: str) -> str:
     """A spelling-independent key: Latin transliteration with vowels merged, cut to KEY_LEN.
 
@@ -163,8 +165,13 @@ def _shingles(text: str) -> set[bytes]:
     return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
 
 
+# the seed's permutations, built once: building them is 95% of a MinHash's construction, and
+# the flow makes one per candidate signature it reads back
+_PERMUTATIONS = MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME).permutations
+
+
 def minhash_of(text: str) -> MinHash:
-    mh = MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME)
+    mh = MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME, permutations=_PERMUTATIONS)
     mh.update_batch(list(_shingles(text)))
     return mh
 
@@ -174,7 +181,8 @@ def _mh_bytes(mh: MinHash) -> bytes:
 
 
 def _mh_from(blob: bytes) -> MinHash:
-    return MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME, hashvalues=np.frombuffer(blob, dtype=np.uint32))
+    return MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME, hashvalues=np.frombuffer(blob, dtype=np.uint32),
+                   permutations=_PERMUTATIONS)
 
 
 def _stable_id(*parts: str) -> str:
