@@ -244,3 +244,37 @@ def test_html_compression_round_trip() -> None:
     blob = compress_html(html)
     assert len(blob) < len(html)
     assert decompress_html(blob) == html
+
+
+def _article_page(paragraphs: int) -> bytes:
+    body = "".join(f"<p>Paragraph {i}: delegations from both sides met in Geneva on Sunday to discuss the "
+                   f"28-point plan, and officials said the talks would continue on Monday.</p>"
+                   for i in range(paragraphs))
+    return (f'<html lang="en"><head><title>Talks in Geneva</title><meta property="article:published_time" '
+            f'content="2025-11-23T10:00:00Z"></head><body><nav><a href="/">Home</a></nav><article>'
+            f"<h1>Talks in Geneva</h1>{body}</article><footer>Contact us</footer></body></html>").encode()
+
+
+@pytest.mark.parametrize(("paragraphs", "passes"), [(12, 1), (3, 2)])
+def test_full_cascade_only_for_a_short_fast_text(monkeypatch: pytest.MonkeyPatch, paragraphs: int,
+                                                 passes: int) -> None:
+    import trafilatura
+
+    from monitor import extract
+
+    calls: list[dict[str, Any]] = []
+    real = trafilatura.bare_extraction
+
+    def spy(*args: Any, **kwargs: Any) -> Any:  # the real function, its calls recorded
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trafilatura, "bare_extraction", spy)
+    out = extract_one(ExtractInput("https://example.org/news/geneva", _article_page(paragraphs), "text/html"))
+    assert out.status == "ok" and out.title == "Talks in Geneva"
+    assert out.published is not None and out.published.date().isoformat() == "2025-11-23"
+    assert len(calls) == passes and calls[0]["fast"] is True
+    long_enough = len(out.text or "") >= extract.FULL_CASCADE_BELOW
+    assert long_enough == (passes == 1)
+    if passes == 2:  # the full cascade, whose metadata would only repeat the fast pass's
+        assert "fast" not in calls[1] and calls[1]["with_metadata"] is False

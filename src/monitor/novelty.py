@@ -214,8 +214,10 @@ class Detector:
         self.entry_time: dict[str, datetime] = {}
         self.stories: dict[str, StoryRow] = {s.id: s for s in cand.stories}
         self.fact_index: dict[str, set[str]] = defaultdict(set)
-        # article level: fact -> articles (for the echo test)
-        self.art_index: dict[str, set[str]] = defaultdict(set)
+        # article level, for the echo test: (story, fact) -> articles indexed under that story, and each
+        # article's facts (an article re-indexed under another story brings all of them along)
+        self.art_index: dict[tuple[str | None, str], set[str]] = defaultdict(set)
+        self.art_facts: dict[str, set[str]] = defaultdict(set)
         self.df: Counter[str] = Counter(cand.df)
         self.n_docs = cand.n_docs
         self.story_sources: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
@@ -237,11 +239,13 @@ class Detector:
             self.minhashes[e.article_id] = hv
             for band in _bands(hv):
                 self.buckets[band].add(e.article_id)
+        moved = self.entry_story.get(e.article_id, e.story_id) != e.story_id
         self.entry_story[e.article_id] = e.story_id
         self.entry_time[e.article_id] = e.first_seen
         if not duplicate:
-            for f in e.facts:
-                self.art_index[f].add(e.article_id)
+            self.art_facts[e.article_id].update(e.facts)
+        for f in self.art_facts.get(e.article_id, ()) if moved or not duplicate else ():
+            self.art_index[(e.story_id, f)].add(e.article_id)
         if counted and not duplicate:
             self.n_docs += 1
             self.df.update(set(e.facts))
@@ -282,13 +286,11 @@ class Detector:
                 reach.update(self.fact_index.get(k, ()))
             else:
                 cut += weights[k]
-        scores: dict[str, float] = {}
-        for sid in reach:
-            sc = 0.0
-            for k, w in weights.items():
-                if sid in self.fact_index.get(k, ()):
-                    sc += w
-            scores[sid] = sc
+        scores: dict[str, float] = dict.fromkeys(reach, 0.0)
+        for k, w in weights.items():  # each story's sum in fact order; per fact, the smaller set is walked
+            holders = self.fact_index.get(k, set())
+            for sid in (holders.intersection(reach) if len(holders) < len(reach) else reach.intersection(holders)):
+                scores[sid] += w
         best, best_score = None, 0.0
         for sid, sc in sorted(scores.items()):
             story = self.stories[sid]
@@ -321,7 +323,8 @@ class Detector:
         total = sum(weights.values()) or 1.0
         scores: dict[str, float] = defaultdict(float)
         for k, w in weights.items():
-            for aid in self.art_index.get(k, ()):
+            for aid in self.art_index.get((story_id, k), ()):
+                # an article indexed under this story once may have moved to another since
                 if self.entry_story.get(aid) == story_id and since <= self.entry_time[aid] <= at:
                     scores[aid] += w
         if not scores:
