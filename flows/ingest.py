@@ -138,7 +138,12 @@ def fetch_batch(settings: Settings, links: Sequence[Link]) -> list[Any]:
 @task(name="extract-batch", cache_policy=NONE)
 def extract_and_tag(settings: Settings, topics: TopicSet, links: Sequence[Link], fetched: Sequence[Any],
                     pool: Any) -> tuple[list[Article], list[Any]]:
-    """Extract (in worker processes) and tag one batch; returns articles and topic matches."""
+    """Extract (in worker processes) and tag one batch; returns articles and topic matches.
+
+    Drops each fetch result's page bytes once its article is built (the stored HTML is the article's
+    compressed copy): a batch's pages are ~30 MB, and the flow would otherwise hold them until the batch
+    is stored, while the next two batches' pages are in memory too.
+    """
     inputs, idx = [], []
     for i, (ln, res) in enumerate(zip(links, fetched, strict=True)):
         if res.ok:
@@ -151,6 +156,9 @@ def extract_and_tag(settings: Settings, topics: TopicSet, links: Sequence[Link],
     keep_html = settings.monitor.storage.store_html
     articles = [build_article(ln, res, by_i.get(i), keep_html=keep_html)
                 for i, (ln, res) in enumerate(zip(links, fetched, strict=True))]
+    del inputs
+    for res in fetched:
+        res.content = None
     matches = topics.tag_many((a.id, a.title, a.text, a.lang) for a in articles if a.status in ("ok",))
     return articles, matches
 
@@ -362,23 +370,25 @@ def _cycle(settings: Settings, progress: Progress | None,
             # thread), batch k+1 is fetched and queued for extraction and batch k-1 is detected and
             # stored. Detect/store still runs one batch at a time, in order, in this thread.
             batches = list(_chunks(new_links, settings.monitor.fetch.batch_size))
-            inflight: list[tuple[Sequence[Link], list[Any], Any]] = []
+            inflight: list[tuple[Sequence[Link], list[bool], Any]] = []
             fetched_next = fetch_batch(quoted(settings), quoted(batches[0])) if batches else []
             for k, batch in enumerate(batches):
                 fetched = fetched_next
-                inflight.append((batch, fetched, extract_and_tag.submit(quoted(settings), quoted(topics), quoted(batch),
-                                                                      quoted(fetched), pool)))
+                # whether each page was fetched, noted now: extraction drops the page bytes (`ok` reads them)
+                inflight.append((batch, [f.ok for f in fetched], extract_and_tag.submit(
+                    quoted(settings), quoted(topics), quoted(batch), quoted(fetched), pool)))
+                del fetched
                 fetched_next = fetch_batch(quoted(settings), quoted(batches[k + 1])) if k + 1 < len(batches) else []
                 while inflight and (len(inflight) > 1 or k + 1 == len(batches)):
-                    done_batch, done_fetched, fut = inflight.pop(0)
+                    done_batch, done_ok, fut = inflight.pop(0)
                     arts, matches = fut.result()
                     counts = detect_and_store(quoted(settings), store, stats.run_id, quoted(arts), quoted(matches),
                                               quoted(topic_names))
-                    _count_batch(stats, arts, done_fetched, counts)
+                    _count_batch(stats, arts, done_ok, counts)
                     done += len(done_batch)
                     progress("articles", done, len(new_links))
-                    _release(arts, done_fetched)
-                    del arts, matches, done_fetched, fut
+                    _release(arts)
+                    del arts, matches, fut
         for sid, s in stats.sources.items():
             if s.stored:
                 store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])
@@ -395,18 +405,16 @@ def _cycle(settings: Settings, progress: Progress | None,
     return out, breakdown
 
 
-def _release(arts: list[Article], fetched: list[Any]) -> None:
-    """A stored batch's page bytes and texts are not needed any more: free them now, not a batch later."""
-    for f in fetched:
-        f.content = None
+def _release(arts: list[Article]) -> None:
+    """A stored batch's texts and compressed pages are not needed any more: free them now, not a batch later."""
     for a in arts:
         a.html = a.text = None
 
 
-def _count_batch(stats: RunStats, arts: list[Article], fetched: list[Any], counts: dict[str, int]) -> None:
-    for a, f in zip(arts, fetched, strict=True):
+def _count_batch(stats: RunStats, arts: list[Article], fetched_ok: list[bool], counts: dict[str, int]) -> None:
+    for a, ok in zip(arts, fetched_ok, strict=True):
         s = stats.source(a.source_id)
-        s.fetched += 1 if f.ok else 0
+        s.fetched += 1 if ok else 0
         s.failed += 1 if a.status == "failed" else 0
         s.stored += 1
         stats.statuses[a.status] = stats.statuses.get(a.status, 0) + 1

@@ -241,3 +241,26 @@ def test_search_index_rebuild_is_throttled_but_can_be_forced(db: Path) -> None:
         assert refresh_search_index(store.con, force=True) is not None
         assert store.scalar("SELECT articles FROM search_index_state") == store.scalar(
             "SELECT count(*) FROM articles")
+
+
+def _mib(setting: str) -> float:
+    value, unit = setting.split()
+    return float(value) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
+
+
+def test_search_index_rebuild_is_checkpointed_under_its_own_limit(db: Path) -> None:
+    """The rebuild and its checkpoint run under INDEX_MEMORY_LIMIT; the writer gets its own limit back
+    and no index rows are left in the WAL for a later commit to checkpoint under the writer's limit."""
+    from monitor.snapshot import _wal_pending, load_fts, refresh_search_index
+
+    _fill(db, "r2", [_article("de1", 100)])
+    with open_store(db) as store:
+        before = _mib(store.scalar("SELECT current_setting('memory_limit')"))
+        assert refresh_search_index(store.con, force=True) is not None
+        # DuckDB shows a limit to 0.1 of its unit, so setting back what it shows may lose < 0.1 MiB
+        assert before - 0.1 <= _mib(store.scalar("SELECT current_setting('memory_limit')")) <= before
+        assert not _wal_pending(db)
+        load_fts(store.con)
+        hits = store.con.execute("SELECT id FROM (SELECT id, fts_main_articles.match_bm25(id, 'waffenruhe') AS s "
+                                 "FROM articles) WHERE s IS NOT NULL ORDER BY id").fetchall()
+    assert [h[0] for h in hits] == ["de1-0000", "de1-0001", "de1-0002", "de1-0100"]

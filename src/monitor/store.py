@@ -1172,8 +1172,11 @@ def open_store(path: str | Path, *, read_only: bool = False, storage: StorageCon
         con = duckdb.connect(str(p), read_only=read_only)
     except (duckdb.Error, OSError) as exc:
         raise StoreError(f"cannot open database {p}: {_describe(exc)}") from None
-    # bounded memory for the writer (DuckDB's default is 80% of RAM): it spills to disk past this;
-    # the full-text rebuild over 1M articles stays under ~0.7 GB RSS (bench/pipeline.py)
-    setup = () if read_only else (f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'",)
+    # bounded memory for the writer (DuckDB's default is 80% of RAM): it spills to disk past this.
+    # DuckDB's allocator (its own jemalloc) returns freed pages to the system only when it is next
+    # busy, unless its background thread purges them: without it, each batch's commit left ~100-300 MB
+    # of freed pages resident in the flow process until the next batch (docs/benchmarks.md, issue #10)
+    setup = () if read_only else (f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'",
+                                  "SET allocator_background_threads = true")
     with _serving(Store(con, p), f"database {p}", migrate=not read_only, setup=setup) as store:
         yield store
