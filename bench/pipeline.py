@@ -107,7 +107,10 @@ class RssSampler:
         if proc.pid in self.exclude:  # the corpus server: listed, but not part of the pipeline's total
             return "corpus server (not counted)"
         if proc.pid not in self._roles:
-            self._roles[proc.pid] = _role(proc)
+            role = _role(proc)
+            if role == proc.name():  # not recognised yet (e.g. its command line not read yet): ask again
+                return role
+            self._roles[proc.pid] = role
         return self._roles[proc.pid]
 
     def _sample(self) -> tuple[int, int]:
