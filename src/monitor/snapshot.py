@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,7 +102,9 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
         return None
     started = time.monotonic()
     load_fts(con)
-    with _memory_limit(con, INDEX_MEMORY_LIMIT):
+    from monitor.store import duckdb_setting
+
+    with duckdb_setting(con, "memory_limit", INDEX_MEMORY_LIMIT):
         # stemmer 'none': articles come in many languages and Porter stemming is English-only
         con.execute(
             f"PRAGMA create_fts_index('{FTS_TABLE}', 'id', 'title', 'text', stemmer = 'none', "
@@ -118,18 +118,6 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
         # limit (+400 MB at 20,000 articles instead of +20 MB under this one, in the same ~0.5 s)
         con.execute("CHECKPOINT")
     return seconds
-
-
-@contextmanager
-def _memory_limit(con: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
-    """Run the block under DuckDB memory limit `limit`, then restore the connection's own."""
-    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
-    con.execute(f"SET memory_limit = '{limit}'")
-    try:
-        yield
-    finally:
-        if row:
-            con.execute(f"SET memory_limit = '{row[0]}'")
 
 
 def _wal_pending(db_path: Path) -> bool:

@@ -335,6 +335,18 @@ class NoveltyCandidates:
     rows: dict[str, int] = field(default_factory=dict)  # rows each lookup returned
 
 
+@contextmanager
+def duckdb_setting(con: duckdb.DuckDBPyConnection, name: str, value: str) -> Iterator[None]:
+    """Run the block with DuckDB setting `name` = `value`, then give the connection its own value back."""
+    row = con.execute(f"SELECT current_setting('{name}')").fetchone()
+    con.execute(f"SET {name} = '{value}'")
+    try:
+        yield
+    finally:
+        if row:
+            con.execute(f"SET {name} = '{row[0]}'")
+
+
 class Store:
     """A connection to the DuckDB file plus the verbs the pipeline needs."""
 
@@ -612,12 +624,8 @@ class Store:
         """Run the block on one DuckDB thread. The lookups are a handful of small queries (a few ms each):
         a second thread saves little on an idle machine and, on cores shared with extraction workers,
         waits for them (measured on the 1M-article benchmark: docs/novelty.md)."""
-        threads = int(self.scalar("SELECT current_setting('threads')"))
-        self.con.execute("SET threads = 1")
-        try:
+        with duckdb_setting(self.con, "threads", "1"):
             yield
-        finally:
-            self.con.execute(f"SET threads = {threads}")
 
     def _novelty_candidates(self, q: CandidateQuery) -> NoveltyCandidates:
         n_docs = int(self.scalar("SELECT count(*) FROM article_signatures WHERE first_seen >= ?", [q.since]))
