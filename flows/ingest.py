@@ -9,8 +9,6 @@ batch looking for futures (a third of the flow process's CPU in bench/pipeline.p
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +28,7 @@ from monitor.errors import MonitorError, StoreError
 from monitor.extract import NOVELTY_PREP, ExtractInput, build_article, extract_batch, extraction_pool
 from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult, TopicMatch
-from monitor.ops import LockHolder, run_breakdown, run_lock, run_markdown
+from monitor.ops import LockHolder, limit_malloc_arenas, run_breakdown, run_lock, run_markdown
 from monitor.snapshot import publish_from
 from monitor.store import Store, open_store
 from monitor.topics import TopicSet, explain_text
@@ -339,33 +337,10 @@ def _publish_snapshot(store: Store, settings: Settings) -> str | None:
         return None
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
-MALLOC_ARENAS = 2
-
-
-def _limit_malloc_arenas() -> None:
-    """Have glibc's malloc serve the flow process's threads from at most MALLOC_ARENAS arenas.
-
-    By default each thread that allocates gets an arena of its own (up to 8 per core), and each keeps
-    the memory freed in it. In bench/pipeline.py at 20,000 articles the arenas of Prefect's task threads
-    and of the extraction pool's result thread held ~185 MB resident at the flow's peak, ~95 MB with this
-    (issue #10). The threads mostly run Python under the GIL, so they hardly contend for an arena. Only
-    arenas not created yet are affected, so it is set before the run's own threads start.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (e.g. musl): nothing to tune
-        return
-    if hasattr(libc, "mallopt"):
-        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-
-
 def _cycle(settings: Settings, progress: Progress | None,
            run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
     started = time.monotonic()
-    _limit_malloc_arenas()
+    limit_malloc_arenas()
     progress = progress or _noop
     topics = TopicSet.compile(settings.topics)
     topic_names = {t.id: t.name for t in settings.topics}

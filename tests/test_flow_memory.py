@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ARENAS = """
 import ctypes, sys, threading
-from flows.ingest import _limit_malloc_arenas
+from monitor.ops import limit_malloc_arenas
 if sys.argv[1] == "limited":
-    _limit_malloc_arenas()
+    limit_malloc_arenas()
 barrier = threading.Barrier(8)
 kept = []
 def work() -> None:
@@ -42,7 +42,7 @@ def _arenas(tmp_path: Path, mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
 def test_flow_threads_share_two_malloc_arenas(tmp_path: Path) -> None:
-    from flows.ingest import MALLOC_ARENAS
+    from monitor.ops import MALLOC_ARENAS
 
     assert _arenas(tmp_path, "default") > MALLOC_ARENAS  # the test's threads do spread over arenas
     assert _arenas(tmp_path, "limited") <= MALLOC_ARENAS
