@@ -244,8 +244,9 @@ class Detector:
         self.entry_time[e.article_id] = e.first_seen
         if not duplicate:
             self.art_facts[e.article_id].update(e.facts)
-        for f in self.art_facts.get(e.article_id, ()) if moved or not duplicate else ():
-            self.art_index[(e.story_id, f)].add(e.article_id)
+        if moved or not duplicate:
+            for f in self.art_facts.get(e.article_id, ()):
+                self.art_index[(e.story_id, f)].add(e.article_id)
         if counted and not duplicate:
             self.n_docs += 1
             self.df.update(set(e.facts))

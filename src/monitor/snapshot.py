@@ -66,8 +66,9 @@ def load_fts(con: duckdb.DuckDBPyConnection) -> None:
 REINDEX_MIN_INTERVAL_S = 15 * 60
 REINDEX_MAX_SHARE = 0.05
 # DuckDB memory for the index rebuild: it spills past this instead of growing the writer's process.
-# Measured (bench corpus, 20,000 articles / synthetic 1M store): the writer's 512 MB limit let the rebuild
-# add ~630 MB to the process, 64 MB ~210 MB / ~110 MB, in the same wall time (docs/benchmarks.md).
+# Measured: under the writer's 512 MB limit the rebuild added 634 MB to the process at 20,000 bench articles
+# (608-668 MB on the synthetic 1M store); under 64 MB, 177 MB (113 MB), in 16.7 s either way at 20,000
+# and 20 -> 23 s on the 1M store, its checkpoint included (docs/benchmarks.md).
 INDEX_MEMORY_LIMIT = "64MB"
 
 
