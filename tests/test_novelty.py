@@ -83,3 +83,20 @@ def test_detection_is_deterministic() -> None:
     assert once(rows) == first
     assert once(shuffled) == first  # input order does not matter: articles are decided in time order
     assert len({s for s in first[0].values()}) > 3 and first[1]
+
+
+def test_signatures_are_datasketchs_affine32_minhash_bit_for_bit() -> None:
+    """Stored signatures were made by datasketch 2; minhash_of must keep making exactly those."""
+    datasketch = pytest.importorskip("datasketch")
+    from monitor.novelty import NUM_PERM, SCHEME, _shingles, minhash_of
+
+    texts = ["", "one", "Zelensky met Witkoff in Geneva on Sunday.", "Перемовини тривали шість годин " * 40]
+    texts += [SEED.read_text(encoding="utf-8")] if SEED.exists() else []
+    rng = random.Random(3)
+    words = ["talks", "peace", "plan", "Geneva", "Kyiv", "Moscow", "28", "points", "officials", "said", "envoy"]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 400))) for _ in range(200)]
+    for text in texts:
+        ref = datasketch.MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME)
+        ref.update_batch(list(_shingles(text)))
+        got = minhash_of(text)
+        assert got.dtype.name == "uint32" and got.tobytes() == ref.hashvalues.astype("uint32").tobytes(), text[:60]

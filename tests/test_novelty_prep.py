@@ -35,7 +35,7 @@ def _same(got: list[novelty.Prepared], want: list[novelty.Prepared]) -> None:
     for g, w in zip(got, want, strict=True):
         assert g.at == w.at
         assert g.facts == w.facts
-        assert np.array_equal(g.minhash.hashvalues, w.minhash.hashvalues)
+        assert np.array_equal(g.minhash, w.minhash)
 
 
 def test_worker_prepared_equals_flow_prepared() -> None:

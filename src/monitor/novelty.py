@@ -30,14 +30,13 @@ from typing import Any
 
 import numpy as np
 from anyascii import anyascii
-from datasketch import MinHash
 
 from monitor.config import NoveltyConfig
 from monitor.models import Article, Development
 from monitor.store import LSH_BANDS, LSH_ROWS, CandidateQuery, NoveltyCandidates, StoryBounds, StoryRow, WindowEntry
 
 NUM_PERM = 64
-SCHEME = "affine32"  # datasketch 2 scheme: stored signatures are 64 × uint32
+SCHEME = "affine32"  # datasketch 2's scheme, computed by minhash_of: stored signatures are 64 × uint32
 SHINGLE = 5
 # Languages whose common nouns are capitalised: a lone capitalised word there is not a name.
 NOUN_CAPITALISING = {"de", "lb"}
@@ -58,7 +57,7 @@ class Prepared:
 
     item: NoveltyItem
     at: datetime
-    minhash: MinHash
+    minhash: np.ndarray  # NUM_PERM uint32 (minhash_of)
     facts: dict[str, str]
 
 
@@ -165,24 +164,40 @@ def _shingles(text: str) -> set[bytes]:
     return {" ".join(words[i:i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
 
 
-# the seed's permutations, built once: building them is 95% of a MinHash's construction, and
-# the flow makes one per candidate signature it reads back
-_PERMUTATIONS = MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME).permutations
+def _affine32_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch 2's affine32 parameters for (num_perm, seed): odd multipliers a, offsets b."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
-def minhash_of(text: str) -> MinHash:
-    mh = MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME, permutations=_PERMUTATIONS)
-    mh.update_batch(list(_shingles(text)))
-    return mh
+_PERM_A, _PERM_B = (p.reshape(1, -1) for p in _affine32_permutations(NUM_PERM, seed=7))
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
 
 
-def _mh_bytes(mh: MinHash) -> bytes:
-    return np.asarray(mh.hashvalues, dtype=np.uint32).tobytes()
+def _fmix32(hv: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer (uint32 arithmetic wraps, which is the intended mod 2^32)."""
+    s1, m1, s2, m2 = _FMIX32
+    hv = (hv ^ (hv >> s1)) * m1
+    hv = (hv ^ (hv >> s2)) * m2
+    return hv ^ (hv >> s1)
 
 
-def _mh_from(blob: bytes) -> MinHash:
-    return MinHash(num_perm=NUM_PERM, seed=7, scheme=SCHEME, hashvalues=np.frombuffer(blob, dtype=np.uint32),
-                   permutations=_PERMUTATIONS)
+# datasketch 2's MinHash (scheme affine32, seed 7, sha1_hash32 of each shingle), computed here so
+# that stored signatures stay exactly what datasketch makes (tests/test_novelty.py compares them bit
+# for bit) without importing datasketch: its package imports scipy, 46 MB in every process, and
+# hashing the shingles in one join is 3x faster than its call per shingle
+def minhash_of(text: str) -> np.ndarray:
+    """The NUM_PERM uint32 MinHash signature of the text's word 5-shingles."""
+    digests = b"".join(hashlib.sha1(s).digest()[:4] for s in _shingles(text))
+    hv = _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32).reshape(-1, 1))
+    signature: np.ndarray = (hv * _PERM_A + _PERM_B).min(axis=0)
+    return signature
+
+
+def _mh_bytes(hv: np.ndarray) -> bytes:
+    return hv.astype(np.uint32, copy=False).tobytes()
 
 
 def _stable_id(*parts: str) -> str:
@@ -256,10 +271,9 @@ class Detector:
     def idf(self, key: str) -> float:
         return math.log(1 + (self.n_docs + 1) / (1 + self.df.get(key, 0)))
 
-    def find_duplicate(self, a: Article, mh: MinHash) -> str | None:
+    def find_duplicate(self, a: Article, hv: np.ndarray) -> str | None:
         if a.content_hash and a.content_hash in self.by_hash:
             return self.by_hash[a.content_hash]
-        hv = np.asarray(mh.hashvalues, dtype=np.uint32)
         cands: set[str] = set()
         for band in _bands(hv):  # an LSH candidate shares a whole band (datasketch's rule)
             cands |= self.buckets.get(band, set())
