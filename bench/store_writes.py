@@ -1,0 +1,91 @@
+"""The writer's row-group size: memory and commit time of one run's article writes, side by side.
+
+    .venv/bin/python bench/store_writes.py                 # 20,000 articles in batches of 250
+    .venv/bin/python bench/store_writes.py --articles 5000
+
+Writes real corpus pages (zstd HTML, as the flow stores it) and texts through `Store.write_articles`,
+one transaction per batch, on a fresh file per row-group size; each size runs in its own process so
+that its peak PSS is its own. Prints peak PSS, total commit time and file size, and the ratios to
+DuckDB's default row group (122,880 rows). Needs ../shared/evaldata (bench/corpus.py) and psutil.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import multiprocessing
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT / "src", ROOT / "bench"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import corpus  # noqa: E402
+
+DUCKDB_DEFAULT = 122_880
+SIZES = (DUCKDB_DEFAULT, 8192, 4096, 2048)
+BATCH = 250
+
+
+def _articles(base: list[bytes], texts: list[str], start: int, n: int) -> list[object]:
+    from monitor.extract import compress_html
+    from monitor.models import Article
+
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    return [Article(id=f"{i:016x}", url=f"https://example.org/{i}", source_id="bench", status="ok",
+                    title=f"article {i}", text=f"{texts[i % len(texts)]} {i}", lang="en",
+                    content_hash=f"{i:040x}", html=compress_html(base[i % len(base)]),
+                    fetched_at=t0 + timedelta(seconds=i)) for i in range(start, start + n)]
+
+
+def run(row_group_size: int, n: int, out: multiprocessing.Queue) -> None:
+    import psutil
+    import trafilatura
+
+    from monitor import store
+
+    base = [gzip.decompress(b) for b in corpus.load_base()[:300]]
+    texts = [trafilatura.extract(b) or "" for b in base[:100]]
+    store.WRITER_ROW_GROUP_SIZE = row_group_size
+    me, peak, commit_s = psutil.Process(), 0.0, 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.duckdb"
+        with store.open_store(db) as s:
+            for start in range(0, n, BATCH):
+                arts = _articles(base, texts, start, min(BATCH, n - start))
+                t0 = time.perf_counter()
+                with s.transaction():
+                    s.write_articles(arts, "bench", store_html=True)  # type: ignore[arg-type]
+                commit_s += time.perf_counter() - t0
+                peak = max(peak, me.memory_full_info().pss / 2**20)
+        out.put({"row_group_size": row_group_size, "peak_pss_mb": round(peak), "commit_s": round(commit_s, 1),
+                 "file_mb": round(db.stat().st_size / 2**20)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--articles", type=int, default=20_000)
+    args = ap.parse_args()
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for size in SIZES:
+        q = ctx.Queue()
+        proc = ctx.Process(target=run, args=(size, args.articles, q))
+        proc.start()
+        rows.append(q.get())
+        proc.join()
+        print(f"  row groups of {size:>7,} rows: {rows[-1]}", flush=True)
+    ref = rows[0]
+    print(f"\n{args.articles:,} articles in batches of {BATCH}; ratio to DuckDB's default row group:")
+    for r in rows[1:]:
+        print(f"  {r['row_group_size']:>5}: peak PSS {r['peak_pss_mb'] / ref['peak_pss_mb']:.2f}x, "
+              f"commits {r['commit_s'] / ref['commit_s']:.2f}x, file {r['file_mb'] / ref['file_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
