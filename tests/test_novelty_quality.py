@@ -21,9 +21,8 @@ import pytest
 
 from monitor.config import NoveltyConfig
 from monitor.extract import content_hash
-from monitor.models import Article, Development
+from monitor.models import Article, Development, StoryRow, WindowEntry
 from monitor.novelty import NoveltyItem, detect
-from monitor.store import StoryRow, WindowEntry
 
 DATA = Path(__file__).resolve().parent / "data" / "stories" / "timeline.jsonl"
 COPY_ROLES = ("copy", "rewrite", "translation")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -167,3 +168,82 @@ class RunStats:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+# ---- what novelty and the store exchange -------------------------------------------------------
+
+# MinHash LSH layout of article_bands (migration 60): datasketch's optimum for Jaccard 0.8 with 64
+# permutations. A band key is the md5 of the band's 44 bytes of the stored signature.
+LSH_BANDS, LSH_ROWS = 5, 11
+
+
+@dataclass(slots=True)
+class WindowEntry:
+    """One stored article inside the novelty window (what the detector compares against)."""
+
+    article_id: str
+    story_id: str | None
+    first_seen: datetime
+    content_hash: str | None
+    minhash: bytes | None
+    facts: list[str]
+    source_id: str
+
+
+@dataclass(slots=True)
+class StoryRow:
+    id: str
+    title: str | None
+    first_seen: datetime
+    last_seen: datetime
+    first_article_id: str
+    topics: list[str]
+    facts: list[str]
+    surged: bool
+    # facts reported by one outlet only so far: key -> {surface, outlets, article_id}
+    pending: dict[str, Any] = field(default_factory=dict)
+    # the facts the story's latest development brought (reports of that development are absorbed)
+    dev_facts: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CandidateQuery:
+    """What one batch looks up: its keys and the time ranges each kind of candidate matters in."""
+
+    since: datetime  # window start
+    echo_since: datetime  # article-level fact candidates only matter from here (echo test) ...
+    until: datetime  # ... to the batch's latest event time
+    surge_since: datetime  # story sources before this are reduced to one row per source
+    hashes: list[str]
+    facts: list[str]
+    minhashes: list[bytes]
+    # (window df of `facts`, n_docs) -> what a stored story must score to be able to take one of the
+    # batch's articles (novelty.story_bounds); None: every window story holding one of `facts`
+    story_bounds: Callable[[dict[str, int], int], StoryBounds] | None = None
+
+
+@dataclass(slots=True)
+class StoryBounds:
+    """Per batch article (`need`, `cut` by article index): an upper bound of each fact's weight over
+    the batch, whether a story is reached through it (`probe`), and the bound a story's summed
+    weights must reach. Rows are parallel lists (article, fact, weight, probe)."""
+
+    article: list[int]
+    fact: list[str]
+    weight: list[float]
+    probe: list[bool]
+    need: list[float]
+    cut: list[float]  # by article: the summed weights of its facts that are not probes
+
+
+@dataclass(slots=True)
+class NoveltyCandidates:
+    """The part of the window one batch needs (see Store.novelty_candidates)."""
+
+    entries: list[WindowEntry] = field(default_factory=list)
+    stories: list[StoryRow] = field(default_factory=list)
+    df: dict[str, int] = field(default_factory=dict)  # window document frequency of the batch's facts
+    n_docs: int = 0  # signatures in the window
+    # (story_id, first_seen, source_id) of the candidate stories' window articles
+    story_sources: list[tuple[str, datetime, str]] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # rows each lookup returned

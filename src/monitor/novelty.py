@@ -26,14 +26,25 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from anyascii import anyascii
 
-from monitor.config import NoveltyConfig
-from monitor.models import Article, Development
-from monitor.store import LSH_BANDS, LSH_ROWS, CandidateQuery, NoveltyCandidates, StoryBounds, StoryRow, WindowEntry
+from monitor.models import (
+    LSH_BANDS,
+    LSH_ROWS,
+    Article,
+    CandidateQuery,
+    Development,
+    NoveltyCandidates,
+    StoryBounds,
+    StoryRow,
+    WindowEntry,
+)
+
+if TYPE_CHECKING:  # the extraction workers import this module: they need neither pydantic nor DuckDB
+    from monitor.config import NoveltyConfig
 
 NUM_PERM = 64
 SCHEME = "affine32"  # datasketch 2's scheme, computed by minhash_of: stored signatures are 64 × uint32

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,18 @@ import pyarrow as pa
 
 from monitor.config import StorageConfig
 from monitor.errors import StoreError
-from monitor.models import Article, Development, TopicMatch
+from monitor.models import (
+    LSH_BANDS,
+    LSH_ROWS,
+    Article,
+    CandidateQuery,
+    Development,
+    NoveltyCandidates,
+    StoryBounds,
+    StoryRow,
+    TopicMatch,
+    WindowEntry,
+)
 
 # fact_days from article_facts (migration 71; bench/novelty.py builds its history with it too)
 FACT_DAYS_FILL = """
@@ -242,38 +253,6 @@ class SourceState:
     consecutive_failures: int
 
 
-@dataclass(slots=True)
-class WindowEntry:
-    """One stored article inside the novelty window (what the detector compares against)."""
-
-    article_id: str
-    story_id: str | None
-    first_seen: datetime
-    content_hash: str | None
-    minhash: bytes | None
-    facts: list[str]
-    source_id: str
-
-
-@dataclass(slots=True)
-class StoryRow:
-    id: str
-    title: str | None
-    first_seen: datetime
-    last_seen: datetime
-    first_article_id: str
-    topics: list[str]
-    facts: list[str]
-    surged: bool
-    # facts reported by one outlet only so far: key -> {surface, outlets, article_id}
-    pending: dict[str, Any] = field(default_factory=dict)
-    # the facts the story's latest development brought (reports of that development are absorbed)
-    dev_facts: list[str] = field(default_factory=list)
-
-
-# MinHash LSH layout of article_bands (migration 60): datasketch's optimum for Jaccard 0.8 with 64
-# permutations. A band key is the md5 of the band's 44 bytes of the stored signature.
-LSH_BANDS, LSH_ROWS = 5, 11
 _BAND_KEY = "md5_number_lower({m}[r.b * 44 + 1:r.b * 44 + 44])"
 # fact_days' day of a first_seen (migration 71): whole UTC days since 1970
 _DAY = "(epoch_us(first_seen) // 86400000000)::INTEGER"
@@ -290,49 +269,6 @@ def _day_start(day: int) -> datetime:
 # story_fact_keys rows of a stories table (migration 70): one per fact, at the story's last_seen
 STORY_FACT_KEYS = ("SELECT md5_number_lower(f), md5_number_lower(id), last_seen "
                    "FROM (SELECT unnest(facts) AS f, id, last_seen FROM {stories})")
-
-
-@dataclass(slots=True)
-class CandidateQuery:
-    """What one batch looks up: its keys and the time ranges each kind of candidate matters in."""
-
-    since: datetime  # window start
-    echo_since: datetime  # article-level fact candidates only matter from here (echo test) ...
-    until: datetime  # ... to the batch's latest event time
-    surge_since: datetime  # story sources before this are reduced to one row per source
-    hashes: list[str]
-    facts: list[str]
-    minhashes: list[bytes]
-    # (window df of `facts`, n_docs) -> what a stored story must score to be able to take one of the
-    # batch's articles (novelty.story_bounds); None: every window story holding one of `facts`
-    story_bounds: Callable[[dict[str, int], int], StoryBounds] | None = None
-
-
-@dataclass(slots=True)
-class StoryBounds:
-    """Per batch article (`need`, `cut` by article index): an upper bound of each fact's weight over
-    the batch, whether a story is reached through it (`probe`), and the bound a story's summed
-    weights must reach. Rows are parallel lists (article, fact, weight, probe)."""
-
-    article: list[int]
-    fact: list[str]
-    weight: list[float]
-    probe: list[bool]
-    need: list[float]
-    cut: list[float]  # by article: the summed weights of its facts that are not probes
-
-
-@dataclass(slots=True)
-class NoveltyCandidates:
-    """The part of the window one batch needs (see Store.novelty_candidates)."""
-
-    entries: list[WindowEntry] = field(default_factory=list)
-    stories: list[StoryRow] = field(default_factory=list)
-    df: dict[str, int] = field(default_factory=dict)  # window document frequency of the batch's facts
-    n_docs: int = 0  # signatures in the window
-    # (story_id, first_seen, source_id) of the candidate stories' window articles
-    story_sources: list[tuple[str, datetime, str]] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)  # rows each lookup returned
 
 
 @contextmanager
