@@ -1,12 +1,16 @@
-"""The writer's row-group size: memory and commit time of one run's article writes, side by side.
+"""DuckDB row-group size for the writer: memory and commit time of a run's writes, and the index rebuild.
 
     .venv/bin/python bench/store_writes.py                 # 20,000 articles in batches of 250
     .venv/bin/python bench/store_writes.py --articles 5000
 
 Writes real corpus pages (zstd HTML, as the flow stores it) and texts through `Store.write_articles`,
-one transaction per batch, on a fresh file per row-group size; each size runs in its own process so
-that its peak PSS is its own. Prints peak PSS, total commit time and file size, and the ratios to
-DuckDB's default row group (122,880 rows). Needs ../shared/evaldata (bench/corpus.py) and psutil.
+one transaction per batch, into a fresh file attached with `ROW_GROUP_SIZE n` (an ATTACH option), then
+rebuilds the search index as a snapshot publish does. Each size runs in its own process so that its
+peak PSS is its own. Prints peak PSS, total commit time, file size and the index rebuild's time, and
+the ratios to DuckDB's default row group (122,880 rows). Needs ../shared/evaldata and psutil.
+
+The writer keeps DuckDB's default (docs/choices.md): small row groups made writes cheaper but the
+index rebuild 2-3x slower, and at 20,000 articles in the flow the rebuild then failed under its 64 MB.
 """
 
 from __future__ import annotations
@@ -44,27 +48,42 @@ def _articles(base: list[bytes], texts: list[str], start: int, n: int) -> list[o
 
 
 def run(row_group_size: int, n: int, out: multiprocessing.Queue) -> None:
+    import duckdb
     import psutil
     import trafilatura
 
     from monitor import store
+    from monitor.snapshot import refresh_search_index
 
     base = [gzip.decompress(b) for b in corpus.load_base()[:300]]
     texts = [trafilatura.extract(b) or "" for b in base[:100]]
-    store.WRITER_ROW_GROUP_SIZE = row_group_size
     me, peak, commit_s = psutil.Process(), 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.duckdb"
-        with store.open_store(db) as s:
-            for start in range(0, n, BATCH):
-                arts = _articles(base, texts, start, min(BATCH, n - start))
-                t0 = time.perf_counter()
-                with s.transaction():
-                    s.write_articles(arts, "bench", store_html=True)  # type: ignore[arg-type]
-                commit_s += time.perf_counter() - t0
-                peak = max(peak, me.memory_full_info().pss / 2**20)
+        with store.open_store(db):
+            pass  # the schema, migrated
+        con = duckdb.connect(":memory:")
+        con.execute(f"ATTACH '{db}' AS bench (ROW_GROUP_SIZE {row_group_size})")
+        con.execute("USE bench")
+        con.execute(f"SET memory_limit = '{store.WRITER_MEMORY_LIMIT}'")
+        s = store.Store(con, db)
+        for start in range(0, n, BATCH):
+            arts = _articles(base, texts, start, min(BATCH, n - start))
+            t0 = time.perf_counter()
+            with s.transaction():
+                s.write_articles(arts, "bench", store_html=True)  # type: ignore[arg-type]
+            commit_s += time.perf_counter() - t0
+            peak = max(peak, me.memory_full_info().pss / 2**20)
+        file_mb = round(db.stat().st_size / 2**20)
+        t0 = time.perf_counter()
+        try:
+            refresh_search_index(con, force=True)
+            index = f"{time.perf_counter() - t0:.1f}"
+        except duckdb.Error as exc:
+            index = f"failed: {str(exc)[:80]}"
+        con.close()
         out.put({"row_group_size": row_group_size, "peak_pss_mb": round(peak), "commit_s": round(commit_s, 1),
-                 "file_mb": round(db.stat().st_size / 2**20)})
+                 "file_mb": file_mb, "index_rebuild_s": index})
 
 
 def main() -> None:
@@ -84,7 +103,8 @@ def main() -> None:
     print(f"\n{args.articles:,} articles in batches of {BATCH}; ratio to DuckDB's default row group:")
     for r in rows[1:]:
         print(f"  {r['row_group_size']:>5}: peak PSS {r['peak_pss_mb'] / ref['peak_pss_mb']:.2f}x, "
-              f"commits {r['commit_s'] / ref['commit_s']:.2f}x, file {r['file_mb'] / ref['file_mb']:.2f}x")
+              f"commits {r['commit_s'] / ref['commit_s']:.2f}x, file {r['file_mb'] / ref['file_mb']:.2f}x, "
+              f"index rebuild {r['index_rebuild_s']} s (default: {ref['index_rebuild_s']} s)")
 
 
 if __name__ == "__main__":

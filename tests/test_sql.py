@@ -265,25 +265,3 @@ def test_search_index_rebuild_is_checkpointed_under_its_own_limit(db: Path) -> N
                                  "FROM articles) WHERE s IS NOT NULL ORDER BY id").fetchall()
     assert [h[0] for h in hits] == ["de1-0000", "de1-0001", "de1-0002", "de1-0100"]
 
-
-def _row_groups(store: object, table: str) -> int:
-    return int(store.scalar(f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('{table}')"))  # type: ignore[attr-defined]
-
-
-def test_writer_row_groups_stay_small_through_an_index_rebuild(tmp_path: Path) -> None:
-    """Articles go to WRITER_ROW_GROUP_SIZE-row groups (a commit rewrites at most one of them), and an
-    index rebuild's checkpoint does not merge them back into DuckDB's default 122,880-row groups."""
-    from monitor.snapshot import refresh_search_index
-    from monitor.store import WRITER_ROW_GROUP_SIZE
-
-    db = tmp_path / "monitor.duckdb"
-    n = 2 * WRITER_ROW_GROUP_SIZE + 100
-    _fill(db, "r1", [_article(list(TEXTS)[i % 4], i) for i in range(n)])
-    with open_store(db) as store:
-        assert _row_groups(store, "articles") == 3
-        assert refresh_search_index(store.con, force=True) is not None
-        assert _row_groups(store, "articles") == 3
-        store.write_articles([_article("en1", n + i) for i in range(2 * WRITER_ROW_GROUP_SIZE)], "r2",
-                             store_html=False)
-        store.con.execute("CHECKPOINT")
-        assert _row_groups(store, "articles") == 5

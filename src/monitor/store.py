@@ -1095,34 +1095,6 @@ def _serving(store: Store, where: str, *, migrate: bool, setup: Sequence[str] = 
 
 
 WRITER_MEMORY_LIMIT = "512MB"
-# Row groups of 2,048 rows instead of DuckDB's 122,880. A commit's checkpoint rewrites each table's
-# last, partly filled row group; with the run's texts and HTML in that row group, the rewrite grew
-# with every batch. 20,000 articles written in batches of 250 (bench/store_writes.py), against the
-# default: peak PSS 0.69x (597 MB), commit time 0.33x (8.1 s), file 0.54x (764 MB); 4,096 rows: 0.70x, 0.38x.
-# The search-index rebuild takes longer in small row groups (5,000 articles: 9.0 vs 4.0 s), but it is
-# throttled to ~5% of the time (snapshot.py) while commits happen every batch. Re-attaching the file with
-# the default for the rebuild made its checkpoint merge the articles' row groups back (and, under the
-# rebuild's 64 MB, fail to pin memory). The option belongs to ATTACH (it is not stored in the file), so
-# the writer attaches its file.
-WRITER_ROW_GROUP_SIZE = 2048
-WRITER_CATALOG = "monitor"
-
-
-def _sql_text(value: str | Path) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _connect_writer(p: Path) -> duckdb.DuckDBPyConnection:
-    """The writer's connection: the file attached with WRITER_ROW_GROUP_SIZE and made the default catalog."""
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"ATTACH {_sql_text(p)} AS {WRITER_CATALOG} (ROW_GROUP_SIZE {WRITER_ROW_GROUP_SIZE})")
-        con.execute(f"USE {WRITER_CATALOG}")
-        con.execute(f"SET temp_directory = {_sql_text(f'{p}.tmp')}")  # where DuckDB spills, as for connect(path)
-    except BaseException:
-        con.close()
-        raise
-    return con
 
 
 @contextmanager
@@ -1141,7 +1113,7 @@ def open_store(path: str | Path, *, read_only: bool = False, storage: StorageCon
     elif not p.exists():
         raise StoreError(f"database not found: {p} (run `monitor run` or `monitor demo` first)")
     try:
-        con = duckdb.connect(str(p), read_only=True) if read_only else _connect_writer(p)
+        con = duckdb.connect(str(p), read_only=read_only)
     except (duckdb.Error, OSError) as exc:
         raise StoreError(f"cannot open database {p}: {_describe(exc)}") from None
     # bounded memory for the writer (DuckDB's default is 80% of RAM): it spills to disk past this.
