@@ -265,3 +265,22 @@ def test_search_index_rebuild_is_checkpointed_under_its_own_limit(db: Path) -> N
                                  "FROM articles) WHERE s IS NOT NULL ORDER BY id").fetchall()
     assert [h[0] for h in hits] == ["de1-0000", "de1-0001", "de1-0002", "de1-0100"]
 
+
+
+def test_a_failed_index_rebuild_names_its_cause_and_leaves_the_writer_usable(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's data is committed before the publish: a rebuild that runs out of memory must not
+    leave the writer's transaction aborted (the run's last statements would then fail)."""
+    from monitor import snapshot
+    from monitor.errors import StoreError
+
+    _fill(db, "r2", [_article(k, 100 + i) for k in TEXTS for i in range(300)])
+    with open_store(db) as store:
+        store.con.execute("DELETE FROM search_index_state")  # as if never built: this publish rebuilds
+        monkeypatch.setattr(snapshot, "INDEX_MEMORY_LIMIT", "1MB")
+        with pytest.raises(StoreError, match="Out of Memory"):
+            snapshot.publish_from(store.con, db)
+        assert store.scalar("SELECT count(*) FROM articles") == 12 + 1200
+        assert store.scalar("SELECT current_setting('memory_limit')") != "1.0 MiB"  # set back
+        monkeypatch.setattr(snapshot, "INDEX_MEMORY_LIMIT", "64MB")
+        assert snapshot.publish_from(store.con, db).articles == 1212

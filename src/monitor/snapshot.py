@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,18 +107,25 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
     from monitor.store import duckdb_setting
 
     with duckdb_setting(con, "memory_limit", INDEX_MEMORY_LIMIT):
-        # stemmer 'none': articles come in many languages and Porter stemming is English-only
-        con.execute(
-            f"PRAGMA create_fts_index('{FTS_TABLE}', 'id', 'title', 'text', stemmer = 'none', "
-            "stopwords = 'none', strip_accents = 1, lower = 1, overwrite = 1)"
-        )
-        seconds = round(time.monotonic() - started, 3)
-        con.execute("DELETE FROM search_index_state")
-        con.execute("INSERT INTO search_index_state VALUES (?, ?, ?, ?)",
-                    [count, newest, datetime.now(UTC), seconds])
-        # the new index is still in the WAL: the next commit would checkpoint it under the writer's
-        # limit (+400 MB at 20,000 articles instead of +20 MB under this one, in the same ~0.5 s)
-        con.execute("CHECKPOINT")
+        try:
+            # stemmer 'none': articles come in many languages and Porter stemming is English-only
+            con.execute(
+                f"PRAGMA create_fts_index('{FTS_TABLE}', 'id', 'title', 'text', stemmer = 'none', "
+                "stopwords = 'none', strip_accents = 1, lower = 1, overwrite = 1)"
+            )
+            seconds = round(time.monotonic() - started, 3)
+            con.execute("DELETE FROM search_index_state")
+            con.execute("INSERT INTO search_index_state VALUES (?, ?, ?, ?)",
+                        [count, newest, datetime.now(UTC), seconds])
+            # the new index is still in the WAL: the next commit would checkpoint it under the writer's
+            # limit (+400 MB at 20,000 articles instead of +20 MB under this one, in the same ~0.5 s)
+            con.execute("CHECKPOINT")
+        except duckdb.Error:
+            # a failed rebuild leaves the connection's transaction aborted: without this rollback the
+            # limit could not be set back, and every later statement of the run would fail with it
+            with suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
     return seconds
 
 
