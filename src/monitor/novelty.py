@@ -197,8 +197,8 @@ def _fmix32(hv: np.ndarray) -> np.ndarray:
 
 # datasketch 2's MinHash (scheme affine32, seed 7, sha1_hash32 of each shingle), computed here so
 # that stored signatures stay exactly what datasketch makes (tests/test_novelty.py compares them bit
-# for bit) without importing datasketch: its package imports scipy, 46 MB in every process, and
-# hashing the shingles in one join is 3x faster than its call per shingle
+# for bit) without importing datasketch: its package imports scipy, 46 MB in every process. Hashing
+# a page's shingles in one join also costs less than its call per shingle (~0.43 vs ~0.65 ms)
 def minhash_of(text: str) -> np.ndarray:
     """The NUM_PERM uint32 MinHash signature of the text's word 5-shingles."""
     digests = b"".join(hashlib.sha1(s).digest()[:4] for s in _shingles(text))
