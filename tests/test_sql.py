@@ -284,3 +284,21 @@ def test_a_failed_index_rebuild_names_its_cause_and_leaves_the_writer_usable(
         assert store.scalar("SELECT current_setting('memory_limit')") != "1.0 MiB"  # set back
         monkeypatch.setattr(snapshot, "INDEX_MEMORY_LIMIT", "64MB")
         assert snapshot.publish_from(store.con, db).articles == 1212
+
+
+def test_a_run_checkpoints_when_its_snapshot_is_published_not_at_every_commit(db: Path) -> None:
+    """Each checkpoint rewrites the tables' last row group: the writer lets the WAL grow past DuckDB's
+    16 MB default (WRITER_CHECKPOINT_THRESHOLD) and the publish checkpoints before it copies."""
+    from monitor.snapshot import _wal_pending, publish_from
+
+    text = "Negotiators met in Geneva again. " * 1000  # ~33 KB an article: 750 of them are 25 MB of WAL
+    with open_store(db) as store:
+        for batch in range(3):  # DuckDB's default checkpoints at the third commit (WAL past 16 MB)
+            with store.transaction():
+                store.write_articles([
+                    Article(id=f"big-{batch}-{i}", url=f"https://example.org/big/{batch}/{i}", source_id="wire",
+                            status="ok", title="Geneva", text=f"{i} {text}", lang="en",
+                            fetched_at=datetime.now(UTC)) for i in range(250)], "r2", store_html=False)
+        assert _wal_pending(db)
+        assert publish_from(store.con, db).articles == 12 + 750
+        assert not _wal_pending(db)
