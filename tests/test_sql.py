@@ -288,17 +288,28 @@ def test_a_failed_index_rebuild_names_its_cause_and_leaves_the_writer_usable(
 
 def test_a_run_checkpoints_when_its_snapshot_is_published_not_at_every_commit(db: Path) -> None:
     """Each checkpoint rewrites the tables' last row group: the writer lets the WAL grow past DuckDB's
-    16 MB default (WRITER_CHECKPOINT_THRESHOLD) and the publish checkpoints before it copies."""
+    16 MB default (WRITER_CHECKPOINT_THRESHOLD), and the publish checkpoints it. A run's writes are
+    more than the index rebuild's 64 MB: they are checkpointed before the rebuild lowers the limit."""
+    import random
+
     from monitor.snapshot import _wal_pending, publish_from
 
-    text = "Negotiators met in Geneva again. " * 1000  # ~33 KB an article: 750 of them are 25 MB of WAL
+    page = random.Random(7).randbytes(33_000)  # stored HTML, ~33 KB an article: 8 MB of WAL a batch of 250
+
+    def batch(store: object, k: int) -> None:
+        with store.transaction():  # type: ignore[attr-defined]
+            store.write_articles([  # type: ignore[attr-defined]
+                Article(id=f"big-{k}-{i}", url=f"https://example.org/big/{k}/{i}", source_id="wire",
+                        status="ok", title="Geneva", text=f"Negotiators met in Geneva, round {k} {i}.",
+                        lang="en", html=page, fetched_at=datetime.now(UTC)) for i in range(250)],
+                "r2", store_html=True)
+
     with open_store(db) as store:
-        for batch in range(3):  # DuckDB's default checkpoints at the third commit (WAL past 16 MB)
-            with store.transaction():
-                store.write_articles([
-                    Article(id=f"big-{batch}-{i}", url=f"https://example.org/big/{batch}/{i}", source_id="wire",
-                            status="ok", title="Geneva", text=f"{i} {text}", lang="en",
-                            fetched_at=datetime.now(UTC)) for i in range(250)], "r2", store_html=False)
+        for k in range(3):  # DuckDB's default would checkpoint at the third commit (WAL past 16 MB)
+            batch(store, k)
         assert _wal_pending(db)
-        assert publish_from(store.con, db).articles == 12 + 750
+        for k in range(3, 12):  # ~100 MB in all
+            batch(store, k)
+        store.con.execute("DELETE FROM search_index_state")  # as if never built: this publish rebuilds
+        assert publish_from(store.con, db).articles == 12 + 3000
         assert not _wal_pending(db)

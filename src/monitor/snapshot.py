@@ -106,6 +106,10 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
     load_fts(con)
     from monitor.store import duckdb_setting
 
+    # the run's own writes may still be in the WAL (the writer checkpoints rarely, store.py): they are
+    # checkpointed under the writer's limit, so that the checkpoint below holds the index alone (under
+    # 64 MB the run's 5,000 articles failed to pin memory and invalidated the database)
+    con.execute("CHECKPOINT")
     with duckdb_setting(con, "memory_limit", INDEX_MEMORY_LIMIT):
         try:
             # stemmer 'none': articles come in many languages and Porter stemming is English-only
