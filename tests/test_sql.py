@@ -15,7 +15,7 @@ from monitor.cli import app
 from monitor.models import Article
 from monitor.query import AnalystSession, QueryRefused, QueryTimeout, repl, search, write_result
 from monitor.snapshot import publish, snapshot_path
-from monitor.store import open_store
+from monitor.store import Store, open_store
 
 SLOW_CROSS_JOIN = "SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range + b.range = 7"
 
@@ -296,9 +296,9 @@ def test_a_run_checkpoints_when_its_snapshot_is_published_not_at_every_commit(db
 
     page = random.Random(7).randbytes(33_000)  # stored HTML, ~33 KB an article: 8 MB of WAL a batch of 250
 
-    def batch(store: object, k: int) -> None:
-        with store.transaction():  # type: ignore[attr-defined]
-            store.write_articles([  # type: ignore[attr-defined]
+    def batch(store: Store, k: int) -> None:
+        with store.transaction():
+            store.write_articles([
                 Article(id=f"big-{k}-{i}", url=f"https://example.org/big/{k}/{i}", source_id="wire",
                         status="ok", title="Geneva", text=f"Negotiators met in Geneva, round {k} {i}.",
                         lang="en", html=page, fetched_at=datetime.now(UTC)) for i in range(250)],
