@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from monitor import pages
 from monitor.config import StorageConfig
 from monitor.errors import StoreError
 from monitor.models import (
@@ -406,7 +407,8 @@ class Store:
         return {r[0]: r[1] for r in rows}
 
     def write_articles(self, articles: Sequence[Article], run_id: str, store_html: bool) -> int:
-        """Insert articles (and their compressed HTML); existing ids are left as they are."""
+        """Insert articles, and archive their compressed pages first (monitor.pages: a committed article
+        always has its page); existing ids are left as they are."""
         if not articles:
             return 0
         now = _now()
@@ -420,9 +422,13 @@ class Store:
                 else:
                     cols[k].append(getattr(a, k))
         tbl = pa.table(cols, schema=_ARTICLE_SCHEMA)
+        if store_html and not self.lake:
+            known = self.known_article_ids(a.id for a in articles)
+            pages.write_pages(pages.archive_dir(self.path),
+                              [(a.id, a.html) for a in articles if a.html and a.id not in known])
         before = self._count("articles")
         self._insert_new("articles", ["id"], "SELECT * FROM tbl", f"({', '.join(_ARTICLE_COLS)})", data=tbl)
-        if store_html:
+        if store_html and self.lake:  # a DuckLake keeps its tables in Parquet files already
             html = [(a.id, a.html) for a in articles if a.html]
             if html:
                 htbl = pa.table(
@@ -471,7 +477,13 @@ class Store:
             f"SELECT {cols}, h.codec, h.html FROM articles a LEFT JOIN article_html h ON h.article_id = a.id "
             "ORDER BY a.first_seen, a.id"
         )
-        return [dict(zip([*STORED_ARTICLE_COLS, "codec", "html"], r, strict=True)) for r in cur.fetchall()]
+        rows = [dict(zip([*STORED_ARTICLE_COLS, "codec", "html"], r, strict=True)) for r in cur.fetchall()]
+        # pages stored in DuckDB (before the archive, or in a lake) are in the join; the rest are archived
+        archived = pages.read_pages(pages.archive_dir(self.path), (r["id"] for r in rows if r["html"] is None))
+        for r in rows:
+            if r["html"] is None and r["id"] in archived:
+                r["codec"], r["html"] = archived[r["id"]]
+        return rows
 
     def update_extracted(self, articles: Sequence[Article]) -> None:
         """Overwrite the extraction and novelty fields of stored articles (reprocess)."""
