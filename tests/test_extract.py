@@ -263,10 +263,12 @@ def test_full_cascade_only_for_a_short_fast_text(monkeypatch: pytest.MonkeyPatch
     from monitor import extract
 
     calls: list[dict[str, Any]] = []
+    calls_args: list[tuple[Any, ...]] = []
     real = trafilatura.bare_extraction
 
     def spy(*args: Any, **kwargs: Any) -> Any:  # the real function, its calls recorded
         calls.append(kwargs)
+        calls_args.append(args)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trafilatura, "bare_extraction", spy)
@@ -276,5 +278,36 @@ def test_full_cascade_only_for_a_short_fast_text(monkeypatch: pytest.MonkeyPatch
     assert len(calls) == passes and calls[0]["fast"] is True
     long_enough = len(out.text or "") >= extract.FULL_CASCADE_BELOW
     assert long_enough == (passes == 1)
-    if passes == 2:  # the full cascade, whose metadata would only repeat the fast pass's
-        assert "fast" not in calls[1] and calls[1]["with_metadata"] is False
+    assert all(c["with_metadata"] is False for c in calls)  # metadata is read once, by page_metadata
+    assert all(not isinstance(a[0], bytes) for a in calls_args)  # the page is parsed once, not per pass
+    if passes == 2:
+        assert "fast" not in calls[1]
+
+
+def test_page_metadata_equals_trafilaturas_for_the_fields_we_keep() -> None:
+    """page_metadata skips trafilatura's categories, tags and licence; every other field must match
+    `trafilatura.metadata.extract_metadata` (same options) on real evaluation pages."""
+    import gzip
+    from pathlib import Path
+
+    from trafilatura.metadata import extract_metadata
+    from trafilatura.settings import DEFAULT_CONFIG, set_date_params
+
+    from monitor.extract import page_metadata, page_tree
+
+    evaldata = Path(__file__).resolve().parents[2] / "shared" / "evaldata"
+    files = sorted((evaldata / "scrapinghub-aeb" / "html").glob("*.html.gz"))[:60]
+    files += sorted((evaldata / "trafilatura-eval" / "html").rglob("*.html.gz"))[:140]
+    if not files:
+        pytest.skip(f"no evaluation pages under {evaldata}")
+    fields = ("title", "author", "url", "hostname", "sitename", "date", "description", "image", "pagetype")
+    dates = set_date_params(DEFAULT_CONFIG.getboolean("DEFAULT", "EXTENSIVE_DATE_SEARCH"))
+    differ, authors = [], 0
+    for f in files:
+        url = f"https://example.org/{f.name}"
+        tree = page_tree(gzip.decompress(f.read_bytes()))
+        ours, theirs = page_metadata(tree, url), extract_metadata(tree, url, dates)
+        differ += [(f.name, k) for k in fields if getattr(ours, k) != getattr(theirs, k)]
+        authors += bool(ours.author)
+    assert not differ
+    assert authors > 50  # the comparison saw real values, not only empty fields
