@@ -75,6 +75,7 @@ CUTOFF = "2016-01-01"  # the synthetic history of the scale test ends here
 
 
 PSS_EVERY_S, PSS_NEAR_PEAK_S = 10.0, 4.0
+TIMELINE_EVERY_S = 2.0
 
 
 class RssSampler:
@@ -93,6 +94,9 @@ class RssSampler:
         self.peak_by_role: dict[str, int] = {}
         self.peak_pss_by_role: dict[str, int] = {}
         self.cpu_s = 0.0  # this sampler thread's own CPU: the benchmark's cost, taken out of "ours"
+        # (seconds since reset, RSS MB by role) every TIMELINE_EVERY_S: where in the run memory grows
+        self.timeline: list[tuple[float, dict[str, float]]] = []
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -129,6 +133,9 @@ class RssSampler:
                 pipeline += rss
         for role, rss in roles.items():
             self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), rss)
+        since = time.monotonic() - self._started
+        if not self.timeline or since - self.timeline[-1][0] >= TIMELINE_EVERY_S:
+            self.timeline.append((round(since, 1), {k: mb(v) for k, v in roles.items()}))
         return total, pipeline
 
     def _sample_pss(self) -> int:
@@ -180,6 +187,7 @@ class RssSampler:
         self.peak_tree = self.peak_pipeline = self.peak_pss = 0
         self.peak_by_role = {}
         self.peak_pss_by_role = {}
+        self.timeline, self._started = [], time.monotonic()
 
     def roles_mb(self, pss: bool = False) -> dict[str, float]:
         peaks = self.peak_pss_by_role if pss else self.peak_by_role
@@ -212,6 +220,7 @@ class RssSampler:
 
 
 MAIN_ROLE, SAMPLER_ROLE = "bench+flow (main)", "memory sampler (benchmark, not counted)"
+WORKERS_ROLE = "extraction workers (forkserver)"
 
 
 def _role(proc: psutil.Process) -> str:
@@ -219,7 +228,7 @@ def _role(proc: psutil.Process) -> str:
     if proc.pid == os.getpid():
         return MAIN_ROLE
     for key, role in (("uvicorn", "prefect server"), ("prefect", "prefect server"),
-                      ("forkserver import main", "extraction workers (forkserver)"),
+                      ("forkserver import main", WORKERS_ROLE),
                       ("resource_tracker", "resource tracker"), ("spawn_main", "spawned workers")):
         if key in cmd:
             return role
@@ -475,7 +484,8 @@ def run_flow(ingest: Any, cfg: Path, n: int, sampler: RssSampler, label: str) ->
            "task_overhead_s": {k: round(v, 3) for k, v in TIMINGS.overhead.items()},
            "peak_rss_mb_pipeline": mb(sampler.peak_pipeline), "peak_rss_mb_tree": mb(sampler.peak_tree),
            "peak_pss_mb_pipeline": mb(sampler.peak_pss),
-           "peak_rss_mb_by_role": sampler.roles_mb(), "peak_pss_mb_by_role": sampler.roles_mb(pss=True)}
+           "peak_rss_mb_by_role": sampler.roles_mb(), "peak_pss_mb_by_role": sampler.roles_mb(pss=True),
+           "rss_timeline_mb": _tenths(sampler.timeline)}
     print(f"  {label}: {stored} articles in {wall:.1f}s = {out['docs_per_s']} docs/s, "
           f"{out['cpu_cores_used']} cores, {out['cpu_ms_per_doc']} CPU ms/doc, orchestration {orchestration:.2f}s "
           f"({100 * out['orchestration_share']:.1f}%), peak RSS {out['peak_rss_mb_pipeline']} MB summed, "
@@ -486,7 +496,18 @@ def run_flow(ingest: Any, cfg: Path, n: int, sampler: RssSampler, label: str) ->
     print(f"    peak RSS by process role (MB): {out['peak_rss_mb_by_role']}", flush=True)
     print(f"    peak PSS by process role (MB, counted in the pipeline total): {out['peak_pss_mb_by_role']}", flush=True)
     print(f"    CPU ms/doc by process role: {out['cpu_ms_per_doc_by_role']}", flush=True)
+    for role in (MAIN_ROLE, WORKERS_ROLE):
+        print(f"    RSS of {role} at each tenth of the run (MB): "
+              f"{[round(rss.get(role, 0)) for _, rss in out['rss_timeline_mb']]}", flush=True)
     return out
+
+
+def _tenths(timeline: list[tuple[float, dict[str, float]]]) -> list[tuple[float, dict[str, float]]]:
+    """The samples nearest to 10%, 20%, ... 100% of the run (the last one is the run's end)."""
+    if not timeline:
+        return []
+    end = timeline[-1][0]
+    return [min(timeline, key=lambda s: abs(s[0] - end * k / 10)) for k in range(1, 11)]
 
 
 # ---- (d): a big store, synthesised ---------------------------------------------------------------
