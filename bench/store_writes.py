@@ -3,10 +3,11 @@
     .venv/bin/python bench/store_writes.py                 # 20,000 articles in batches of 250
     .venv/bin/python bench/store_writes.py --articles 5000
 
-Writes real corpus pages (zstd HTML, as the flow stores it) and texts through `Store.write_articles`,
-one transaction per batch, into a fresh file attached with `ROW_GROUP_SIZE n` (an ATTACH option), then
-rebuilds the search index as a snapshot publish does. Each size runs in its own process so that its
-peak PSS is its own. Prints peak PSS, total commit time, file size and the index rebuild's time, and
+Writes articles with real corpus texts and pages through `Store.write_articles`, one transaction per
+batch, into a fresh file attached with `ROW_GROUP_SIZE n` (an ATTACH option); since session 5 the pages
+go to the archive beside the file (monitor.pages), as in the flow, so only texts and metadata are in
+DuckDB. Then it rebuilds the search index as a snapshot publish does. Each size runs in its own
+process so that its peak PSS is its own. Prints peak PSS, total commit time, file size and the index rebuild's time, and
 the ratios to DuckDB's default row group (122,880 rows). Needs ../shared/evaldata and psutil.
 
 The writer keeps DuckDB's default (docs/choices.md): small row groups made writes cheaper but the
