@@ -60,6 +60,16 @@ def test_pages_kept_in_duckdb_by_earlier_versions_are_still_read(tmp_path: Path)
     assert decompress_html(bytes(row["html"])) == b"<p>old</p>"
 
 
+def test_a_write_killed_before_its_rename_leaves_nothing_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "x.pages"
+    folder.mkdir()
+    stale = folder / ".01795668552833661478-999999.tmp"  # what a writer killed mid-write leaves
+    stale.write_bytes(b"half a parquet file")
+    pages.write_pages(folder, [("a1", b"x")])
+    assert not stale.exists() and len(list(folder.glob("*.parquet"))) == 1
+    assert pages.read_pages(folder, ["a1"]) == {"a1": (pages.CODEC, b"x")}
+
+
 def test_an_unwritable_archive_is_one_store_error_naming_the_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the archive folder should be")

@@ -45,6 +45,7 @@ def write_pages(folder: Path, pages: Sequence[tuple[str, bytes]]) -> Path | None
                       "html": [p[1] for p in pages]}, schema=_SCHEMA)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(folder)
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="none")  # the pages are zstd already
             fh.flush()
@@ -55,6 +56,13 @@ def write_pages(folder: Path, pages: Sequence[tuple[str, bytes]]) -> Path | None
             tmp.unlink(missing_ok=True)
         raise StoreError(f"cannot write pages to {folder}: {exc.strerror or exc}") from None
     return final
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of other processes: writers hold the run lock, so those were killed mid-write."""
+    for stale in folder.glob(".*.tmp"):
+        if not stale.name.endswith(f"-{os.getpid()}.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def read_pages(folder: Path, ids: Iterable[str]) -> dict[str, tuple[str, bytes]]:
