@@ -253,22 +253,18 @@ def _trafilatura_text(tree: Any, url: str, *, precision: bool) -> Any:
     return fast
 
 
-def _trafilatura(content: bytes, url: str) -> tuple[Any, str]:
-    """The page's text in precision mode, or in balanced mode when that keeps more of a short text;
-    with the page's metadata. Returns the document (None: no text) and the extractor's name."""
+def _trafilatura(content: bytes, url: str) -> tuple[Any, Any, str]:
+    """The page's text in precision mode, or in balanced mode when that keeps more of a short text.
+    Returns the text's document and the page's metadata (both None: no text), and the extractor's name."""
     tree = page_tree(content)
     if tree is None:
-        return None, "trafilatura"
+        return None, None, "trafilatura"
     doc, name = _trafilatura_text(tree, url, precision=True), "trafilatura"
     if _words(doc) < PRECISION_FALLBACK_WORDS:
         balanced = _trafilatura_text(tree, url, precision=False)
         if _words(balanced) > _words(doc):
             doc, name = balanced, "trafilatura-balanced"
-    if doc is not None:
-        meta = page_metadata(tree, url)
-        for key in ("title", "author", "sitename", "description", "image", "url", "date"):
-            setattr(doc, key, getattr(meta, key))
-    return doc, name
+    return doc, page_metadata(tree, url) if doc is not None else None, name
 
 
 def _words(doc: Any) -> int:
@@ -282,15 +278,15 @@ def extract_one(item: ExtractInput, min_words: int = 40, now: datetime | None = 
     if ctype not in HTML_TYPES or _looks_binary(item.content):
         return ExtractOutput(url=item.url, status="not_article",
                              status_reason=f"content type {ctype or 'binary'} is not HTML")
-    doc, extractor = _trafilatura(item.content, item.url)
+    doc, meta, extractor = _trafilatura(item.content, item.url)
     out = ExtractOutput(url=item.url, status="ok", extractor=extractor)
     text = ""
     if doc is not None:
         text = (doc.text or "").strip()
-        out.title, out.author, out.sitename = doc.title, doc.author, doc.sitename
-        out.description, out.image = doc.description, doc.image
-        out.canonical_url = doc.url if doc.url and doc.url != item.url else None
-        out.published = _parse_date(doc.date)
+        out.title, out.author, out.sitename = meta.title, meta.author, meta.sitename
+        out.description, out.image = meta.description, meta.image
+        out.canonical_url = meta.url if meta.url and meta.url != item.url else None
+        out.published = _parse_date(meta.date)
     words = count_words(text)
     structured = _jsonld_body(item.content)
     if structured and count_words(structured) >= STRUCTURED_RATIO * max(words, 1) and words >= min_words:

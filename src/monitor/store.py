@@ -432,7 +432,7 @@ class Store:
             html = [(a.id, a.html) for a in articles if a.html]
             if html:
                 htbl = pa.table(
-                    {"article_id": [h[0] for h in html], "codec": ["zstd"] * len(html),
+                    {"article_id": [h[0] for h in html], "codec": [pages.CODEC] * len(html),
                      "html": [h[1] for h in html]},
                     schema=pa.schema([("article_id", pa.string()), ("codec", pa.string()),
                                       ("html", pa.binary())]),
