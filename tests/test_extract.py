@@ -311,3 +311,69 @@ def test_page_metadata_equals_trafilaturas_for_the_fields_we_keep() -> None:
         authors += bool(ours.author)
     assert not differ
     assert authors > 50  # the comparison saw real values, not only empty fields
+
+
+def _eval_pages(limit: int | None = None) -> list[Any]:
+    import gzip
+    from pathlib import Path
+
+    evaldata = Path(__file__).resolve().parents[2] / "shared" / "evaldata"
+    files = sorted((evaldata / "scrapinghub-aeb" / "html").glob("*.html.gz"))
+    files += sorted((evaldata / "trafilatura-eval" / "html").rglob("*.html.gz"))
+    if not files:
+        pytest.skip(f"no evaluation pages under {evaldata}")
+    return [gzip.decompress(f.read_bytes()) for f in files[:limit]]
+
+
+def test_byline_finds_trafilaturas_author_on_every_evaluation_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """byline.extract_author searches the page itself, and prunes a copy only when a match holds
+    pruned content; both ways must give what trafilatura's extract_author gives, page by page."""
+    from trafilatura.metadata import extract_author
+
+    from monitor import byline
+    from monitor.extract import page_tree
+
+    copies = 0
+    pruned = byline._pruned_author
+
+    def counted(tree: Any) -> str | None:
+        nonlocal copies
+        copies += 1
+        return pruned(tree)
+
+    monkeypatch.setattr(byline, "_pruned_author", counted)
+    differ, found, trees = [], 0, 0
+    for i, page in enumerate(_eval_pages()):
+        tree = page_tree(page)
+        if tree is None:
+            continue
+        trees += 1
+        ours, theirs = byline.extract_author(tree), extract_author(tree)
+        differ += [(i, ours, theirs)] if ours != theirs else []
+        found += theirs is not None
+    assert not differ
+    assert found > 400 and 0 < copies < trees / 10  # both ways were taken, the copy rarely
+
+
+@pytest.mark.parametrize("body", [
+    # a byline in the comments is pruned; the article's own is found
+    '<div class="comments"><span class="author">A Commenter</span></div><p class="byline">By Jane Doe</p>',
+    # a byline holding a <time>: the time is pruned, its tail joins the text before it
+    '<p class="byline">By Jane Doe<time>5 May</time>, Reuters</p>',
+    '<div class="author-name"><figure>x</figure>Sam Roe</div>',
+    "<author>Ann Lee</author>",
+    "<p><rel>me</rel>Bo Chan</p>",
+    '<span class="byl">Kim Park</span>', '<div id="zuozhe">Li Wei Ming</div>',
+    '<span itemprop="author name">Eva Berg</span>', '<a rel="author" href="/x">Tom Fox</a>',
+    '<div data-component="Byline">Ida Holm</div>', '<span class="print">Noa Ziv</span>',
+    '<div class="title"><span class="writer">Al Gore</span></div><em class="writer">Max Payne</em>',
+    "<p>no byline here at all</p>",
+])
+def test_byline_edge_cases_match_trafilatura(body: str) -> None:
+    from trafilatura.metadata import extract_author
+
+    from monitor import byline
+    from monitor.extract import page_tree
+
+    tree = page_tree(f"<html><body><article>{body}<p>{'Text. ' * 40}</p></article></body></html>".encode())
+    assert byline.extract_author(tree) == extract_author(tree)
