@@ -377,3 +377,35 @@ def test_byline_edge_cases_match_trafilatura(body: str) -> None:
 
     tree = page_tree(f"<html><body><article>{body}<p>{'Text. ' * 40}</p></article></body></html>".encode())
     assert byline.extract_author(tree) == extract_author(tree)
+
+
+def test_c_element_classes_extract_what_lxml_html_classes_extract() -> None:
+    """page_tree parses with lxml's C class lookup (monitor.extract.use_c_element_classes); every
+    field extracted from real pages must equal what lxml.html's own (Python) lookup gives."""
+    from lxml import html as lxml_html
+    from trafilatura.utils import HTML_PARSER
+
+    from monitor import extract
+
+    def outputs(pages: list[bytes]) -> list[str]:
+        outs = []
+        for i, page in enumerate(pages):
+            out = extract.extract_one(extract.ExtractInput(f"https://example.org/{i}.html", page, "text/html"))
+            outs.append(repr([getattr(out, k) for k in out.__slots__ if k != "novelty"]))
+        return outs
+
+    pages = _eval_pages()[::6]
+    extract.use_c_element_classes()
+    form = extract.page_tree(b"<html><body><form><input name='q'></form><p>x</p></body></html>")
+    assert type(form.find(".//form")) is lxml_html.HtmlElement  # the C lookup is in use
+    ours = outputs(pages)
+    try:
+        HTML_PARSER.set_element_class_lookup(lxml_html.HtmlElementClassLookup())
+        form = extract.page_tree(b"<html><body><form><input name='q'></form><p>x</p></body></html>")
+        assert type(form.find(".//form")) is lxml_html.FormElement
+        theirs = outputs(pages)
+    finally:
+        extract._C_ELEMENT_CLASSES = False
+        extract.use_c_element_classes()
+    assert sum(o != t for o, t in zip(ours, theirs, strict=True)) == 0
+    assert len(ours) > 150

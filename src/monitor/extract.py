@@ -192,11 +192,39 @@ def plausible_date(dt: datetime | None, now: datetime) -> tuple[datetime | None,
     return dt, None
 
 
+def use_c_element_classes() -> None:
+    """Have the parser trafilatura parses pages with pick each element's Python class in C.
+
+    lxml.html's parser asks a Python method (`HtmlElementClassLookup.lookup`) for the class of every
+    element lxml hands to Python: about 3,100 calls a page over trafilatura's passes, which walk and
+    search the tree again and again. lxml's C lookup gives every element `HtmlElement` (comments
+    `HtmlComment`, ...), as the Python one does for every tag but the form controls (form, input,
+    select, textarea, label), whose own classes nothing in trafilatura or htmldate uses. Measured on
+    the 1,171 evaluation pages in one process: 26.4 -> 24.6 ms a page, every extracted field equal
+    (`tests/test_extract.py` compares them). Idempotent; set once per process.
+    """
+    global _C_ELEMENT_CLASSES
+    if _C_ELEMENT_CLASSES:
+        return
+    from lxml import etree
+    from lxml import html as lxml_html
+    from trafilatura.utils import HTML_PARSER
+
+    HTML_PARSER.set_element_class_lookup(etree.ElementDefaultClassLookup(
+        element=lxml_html.HtmlElement, comment=lxml_html.HtmlComment,
+        pi=lxml_html.HtmlProcessingInstruction, entity=lxml_html.HtmlEntity))
+    _C_ELEMENT_CLASSES = True
+
+
+_C_ELEMENT_CLASSES = False
+
+
 def page_tree(content: bytes) -> Any:
     """The page parsed once, as trafilatura parses it (encoding detection, repairs, size limit)."""
     from trafilatura.settings import DEFAULT_CONFIG
     from trafilatura.utils import load_html
 
+    use_c_element_classes()
     return load_html(content, DEFAULT_CONFIG.getint("DEFAULT", "MAX_FILE_SIZE"))
 
 
