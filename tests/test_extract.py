@@ -379,11 +379,12 @@ def test_byline_edge_cases_match_trafilatura(body: str) -> None:
     assert byline.extract_author(tree) == extract_author(tree)
 
 
-def test_c_element_classes_extract_what_lxml_html_classes_extract() -> None:
-    """page_tree parses with lxml's C class lookup (monitor.extract.use_c_element_classes); every
-    field extracted from real pages must equal what lxml.html's own (Python) lookup gives."""
+def test_tuned_trafilatura_extracts_what_trafilatura_as_shipped_extracts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """page_tree tunes how trafilatura runs (monitor.extract.tune_trafilatura: lxml's C element-class
+    lookup, plain strings into its regular-expression XPaths); every field extracted from real pages
+    must equal what trafilatura as shipped extracts."""
     from lxml import html as lxml_html
-    from trafilatura.utils import HTML_PARSER
+    from trafilatura import xpaths
 
     from monitor import extract
 
@@ -394,18 +395,23 @@ def test_c_element_classes_extract_what_lxml_html_classes_extract() -> None:
             outs.append(repr([getattr(out, k) for k in out.__slots__ if k != "novelty"]))
         return outs
 
+    def form_class() -> type:
+        tree = extract.page_tree(b"<html><body><form><input name='q'></form><p>x</p></body></html>")
+        return type(tree.find(".//form"))
+
     pages = _eval_pages()[::6]
-    extract.use_c_element_classes()
-    form = extract.page_tree(b"<html><body><form><input name='q'></form><p>x</p></body></html>")
-    assert type(form.find(".//form")) is lxml_html.HtmlElement  # the C lookup is in use
+    extract.tune_trafilatura()
+    assert form_class() is lxml_html.HtmlElement  # the C lookup is in use
+    replaced = [(lst, i, xp) for lst, i, xp in extract._TUNED if lst is not None]
+    assert len(replaced) == 20 and all(lst[i] is not xp for lst, i, xp in replaced)
     ours = outputs(pages)
+    monkeypatch.setattr(extract, "TUNE_TRAFILATURA", False)
+    extract.untune_trafilatura()
     try:
-        HTML_PARSER.set_element_class_lookup(lxml_html.HtmlElementClassLookup())
-        form = extract.page_tree(b"<html><body><form><input name='q'></form><p>x</p></body></html>")
-        assert type(form.find(".//form")) is lxml_html.FormElement
+        assert form_class() is lxml_html.FormElement
+        assert all(lst[i] is xp for lst, i, xp in replaced) and replaced[0][0] in vars(xpaths).values()
         theirs = outputs(pages)
     finally:
-        extract._C_ELEMENT_CLASSES = False
-        extract.use_c_element_classes()
+        extract.tune_trafilatura()
     assert sum(o != t for o, t in zip(ours, theirs, strict=True)) == 0
     assert len(ours) > 150
