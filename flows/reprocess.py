@@ -23,6 +23,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from flows.ingest import detect_novelty, quoted
+from monitor import pages
 from monitor.config import Settings, load_settings
 from monitor.extract import ExtractInput, build_article, decompress_html, extract_batch, extraction_pool
 from monitor.models import Article, FetchResult, Link, TopicMatch
@@ -50,7 +51,7 @@ def _html(row: dict[str, Any]) -> bytes | None:
     if row["html"] is None:
         return None
     blob = bytes(row["html"])
-    return decompress_html(blob) if row["codec"] == "zstd" else blob
+    return decompress_html(blob) if row["codec"] == pages.CODEC else blob
 
 
 # ---- stages -------------------------------------------------------------------------------------
