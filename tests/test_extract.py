@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -16,6 +15,7 @@ from monitor.config import FetchConfig
 from monitor.demo.servers import BackgroundServer
 from monitor.extract import (
     ExtractInput,
+    ExtractionPool,
     ExtractOutput,
     compress_html,
     count_words,
@@ -87,12 +87,12 @@ def _fetch(pages: dict[str, bytes]) -> tuple[str, list[FetchResult]]:
 
 
 @pytest.fixture(scope="module")
-def pool() -> Iterator[ProcessPoolExecutor | None]:
+def pool() -> Iterator[ExtractionPool | None]:
     with extraction_pool(2) as p:
         yield p
 
 
-def _through_server(pages: dict[str, bytes], pool: ProcessPoolExecutor | None,
+def _through_server(pages: dict[str, bytes], pool: ExtractionPool | None,
                     **kw: Any) -> list[ExtractOutput]:
     base, fetched = _fetch(pages)
     assert all(r.ok for r in fetched), [r.error for r in fetched]
@@ -102,7 +102,7 @@ def _through_server(pages: dict[str, bytes], pool: ProcessPoolExecutor | None,
     return extract_batch(items, pool=pool)
 
 
-def test_windows_1251_and_shift_jis_without_charset(pool: ProcessPoolExecutor | None) -> None:
+def test_windows_1251_and_shift_jis_without_charset(pool: ExtractionPool | None) -> None:
     pages = {
         "/ru.html": _page("Переговоры в Женеве", RU_PARAS).encode("cp1251"),
         "/ja.html": _page("ジュネーブ和平交渉", JA_PARAS).encode("shift_jis"),
@@ -117,7 +117,7 @@ def test_windows_1251_and_shift_jis_without_charset(pool: ProcessPoolExecutor | 
     assert ja.lang == "ja" and (ja.lang_confidence or 0) > 0.9
 
 
-def test_main_text_only_in_json_ld(pool: ProcessPoolExecutor | None) -> None:
+def test_main_text_only_in_json_ld(pool: ExtractionPool | None) -> None:
     body = " ".join([EN_BODY] * 3)
     ld = json.dumps({"@context": "https://schema.org", "@graph": [
         {"@type": "WebSite", "name": "Example"},
@@ -139,7 +139,7 @@ def test_main_text_only_in_json_ld(pool: ProcessPoolExecutor | None) -> None:
     assert short.lang == "en"
 
 
-def test_og_description_then_feed_summary(pool: ProcessPoolExecutor | None) -> None:
+def test_og_description_then_feed_summary(pool: ExtractionPool | None) -> None:
     desc = "Short teaser about the Geneva talks and the peace plan."
     html = f'<html><head><meta property="og:description" content="{desc}"></head><body></body></html>'
     (og,) = _through_server({"/og.html": html.encode()}, pool)
@@ -150,7 +150,7 @@ def test_og_description_then_feed_summary(pool: ProcessPoolExecutor | None) -> N
     assert feed.extractor == "feed-summary" and feed.text == EN_BODY
 
 
-def test_empty_page_is_not_an_article(pool: ProcessPoolExecutor | None) -> None:
+def test_empty_page_is_not_an_article(pool: ExtractionPool | None) -> None:
     empty, blank = _through_server({"/empty.html": b"", "/blank.html": b"<html><body> </body></html>"}, pool)
     for out in (empty, blank):
         assert out.status == "not_article"
@@ -203,12 +203,55 @@ def test_time_limit_is_not_swallowed_by_trafilatura() -> None:
     these pages got "extraction error: TypeError: 'NoneType' ..." 3 times in 3; where the alarm lands
     depends on timing, and under pytest it lands outside those steps, so this test guards the
     reason, not every place the alarm can land."""
-    nested = ("<html><body>" + "".join(f"<div><p>Paragraph {i} of a page that takes the parser a long time.</p>"
-                                       for i in range(60_000)) + "</div>" * 60_000 + "</body></html>").encode()
+    # 20,000 flat paragraphs, then deep nesting: over a second of extraction, warm or cold
+    nested = ("<html><body>"
+              + "".join(f"<p>Paragraph {i} of a long page: {i * 7919 % 10007}.</p>" for i in range(20_000))
+              + "".join(f"<div><p>Paragraph {i} of a page that takes the parser a long time.</p>"
+                        for i in range(60_000)) + "</div>" * 60_000 + "</body></html>").encode()
     with extraction_pool(1) as pool:
         outs = [extract_batch([ExtractInput(f"http://example.org/nested{k}", nested + b" " * k, "text/html")],
                               timeout_s=0.05, pool=pool)[0] for k in range(3)]
     assert [o.status_reason for o in outs] == ["extraction exceeded 0.05s"] * 3
+
+
+def test_a_killed_worker_loses_no_page_and_the_pool_goes_on() -> None:
+    """A worker killed mid-batch (as the kernel's OOM killer would) breaks its process pool: every
+    page still gets its own outcome, the pool is restarted, and the next batch is extracted."""
+    import os
+    import signal
+    import threading
+
+    import psutil
+
+    pages = [_page(f"Talks day {i}", [EN_BODY, f"Day {i} of the talks in Geneva ended."] * 20).encode()
+             for i in range(120)]
+    items = [ExtractInput(f"http://example.org/{i}", p, "text/html") for i, p in enumerate(pages)]
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        for _ in range(200):
+            # the workers are the forkserver's children (forked: their command line is the forkserver's)
+            servers = [c for c in psutil.Process().children() if "forkserver" in " ".join(c.cmdline())]
+            workers = [w for f in servers for w in f.children() if w.cpu_times().user > 0.3]
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append(workers[0].pid)
+                return
+            threading.Event().wait(0.02)
+
+    with extraction_pool(2) as pool:
+        assert pool is not None
+        killer = threading.Thread(target=kill_a_worker)
+        killer.start()
+        outs = extract_batch(items, pool=pool)
+        killer.join()
+        (after,) = extract_batch(items[:1], pool=pool)
+        restarts = pool.restarts
+    assert killed, "no worker was found to kill"
+    assert restarts == 1
+    assert [o.url for o in outs] == [i.url for i in items]
+    assert all(o.status == "ok" for o in outs), [o.status_reason for o in outs if o.status != "ok"]
+    assert after.status == "ok"
 
 
 def test_dates_future_and_ancient_rejected_with_reason() -> None:

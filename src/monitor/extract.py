@@ -24,6 +24,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -490,26 +491,71 @@ def _worker_extract_many(items: Sequence[ExtractInput], min_words: int, timeout_
     return [_worker_extract(item, min_words, timeout_s, with_novelty) for item in items]
 
 
+class ExtractionPool:
+    """The extraction worker processes: a process pool that replaces itself when it breaks.
+
+    A worker killed by the kernel (out of memory) or crashed in C code breaks a ProcessPoolExecutor
+    for good: every later submit raises. `restart` kills what is left and starts a new pool, so a
+    run goes on with its next pages (see `extract_batch`). Forkserver: safe to start from Prefect's
+    threads; the forkserver imports, warms and freezes what workers need once (monitor._preload).
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.restarts = 0
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["monitor._preload"])
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        return self._pool.submit(fn, *args)
+
+    def restart(self) -> None:
+        """Kill the workers (a stuck one never returns by itself) and start a new pool."""
+        # ProcessPoolExecutor has no public way to kill its workers before Python 3.14
+        for proc in list(getattr(self._pool, "_processes", {}).values()):
+            with suppress(Exception):
+                proc.kill()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._start()
+        self.restarts += 1
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 @contextmanager
-def extraction_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
-    """A pool of worker processes (forkserver: safe to start from Prefect's threads)."""
+def extraction_pool(workers: int) -> Iterator[ExtractionPool | None]:
+    """`workers` extraction processes, or None (extract in this process) for 0."""
     if workers <= 0:
         yield None
         return
-    ctx = multiprocessing.get_context("forkserver")
-    # imported, warmed and frozen once in the forkserver, not in every worker (see monitor._preload)
-    ctx.set_forkserver_preload(["monitor._preload"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ExtractionPool(workers)
     try:
         yield pool
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
+
+
+def _failed(item: ExtractInput, why: str) -> ExtractOutput:
+    return ExtractOutput(url=item.url, status="failed", status_reason=why)
+
+
+def _backstop(timeout_s: float, pages: int) -> float:
+    # the in-worker alarm normally fires first, page by page; this is for a stuck C call
+    return timeout_s * 2 * pages + 5
 
 
 def extract_batch(items: Sequence[ExtractInput], *, min_words: int = 40, timeout_s: float = 30.0,
-                  pool: ProcessPoolExecutor | None = None, with_novelty: bool = False) -> list[ExtractOutput]:
+                  pool: ExtractionPool | None = None, with_novelty: bool = False) -> list[ExtractOutput]:
     """Extract a batch, in order. A document over its time limit is `failed`, never a stalled batch.
 
+    A worker that dies (killed, crashed) or hangs past the backstop takes its pool's pending tasks
+    with it: the pool is restarted and those pages are extracted again one at a time, so that only
+    the page that kills or hangs a worker again is `failed`, and the batch and the run go on.
     `with_novelty`: each ok output also carries `novelty.Prepared` of its text (see prepare_novelty).
     """
     if pool is None:
@@ -520,29 +566,42 @@ def extract_batch(items: Sequence[ExtractInput], *, min_words: int = 40, timeout
                 if with_novelty:
                     _attach_novelty(outs[-1])
             except Exception as exc:
-                outs.append(ExtractOutput(url=item.url, status="failed",
-                                          status_reason=f"extraction error: {type(exc).__name__}: {exc}"))
+                outs.append(_failed(item, f"extraction error: {type(exc).__name__}: {exc}"))
         return outs
     size = pages_per_task(len(items))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     futures: list[Future[list[ExtractOutput]]] = [
         pool.submit(_worker_extract_many, chunk, min_words, timeout_s, with_novelty) for chunk in chunks
     ]
-    results: list[ExtractOutput] = []
+    results: list[ExtractOutput | None] = []
+    broken = False
     for chunk, fut in zip(chunks, futures, strict=True):
-        # the in-worker alarm normally fires first, page by page; this is the backstop for a stuck C call
-        backstop = timeout_s * 2 * len(chunk) + 5
         try:
-            results.extend(fut.result(timeout=backstop))
-        except FutureTimeout:
-            results.extend(ExtractOutput(url=item.url, status="failed",
-                                         status_reason=f"extraction exceeded {backstop:g}s "
-                                                       f"(a task of {len(chunk)} pages)")
-                           for item in chunk)
-        except Exception as exc:
-            results.extend(ExtractOutput(url=item.url, status="failed",
-                                         status_reason=f"worker failed: {type(exc).__name__}") for item in chunk)
-    return results
+            results.extend(fut.result(timeout=0 if broken else _backstop(timeout_s, len(chunk))))
+        except (BrokenProcessPool, FutureTimeout):
+            broken = True  # every task still pending is lost with the pool: redo them below
+            results.extend([None] * len(chunk))
+    if broken:
+        pool.restart()
+        results = [out or _extract_alone(pool, item, min_words, timeout_s, with_novelty)
+                   for item, out in zip(items, results, strict=True)]
+    return [out for out in results if out is not None]
+
+
+def _extract_alone(pool: ExtractionPool, item: ExtractInput, min_words: int, timeout_s: float,
+                   with_novelty: bool) -> ExtractOutput:
+    """One page in a task of its own, after its pool broke: a page that breaks it again is the culprit."""
+    backstop = _backstop(timeout_s, 1)
+    try:
+        (out,) = pool.submit(_worker_extract_many, [item], min_words, timeout_s, with_novelty).result(
+            timeout=backstop)
+        return out
+    except FutureTimeout:
+        pool.restart()
+        return _failed(item, f"extraction exceeded {backstop:g}s (its worker hung and was killed)")
+    except BrokenProcessPool:
+        pool.restart()
+        return _failed(item, "extraction worker died on this page (killed or crashed)")
 
 
 # Pages per pool task. Each task costs the flow process's pool threads a round trip (queue the
