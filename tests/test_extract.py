@@ -221,27 +221,31 @@ def test_a_killed_worker_loses_no_page_and_the_pool_goes_on() -> None:
     import signal
     import threading
 
-    import psutil
-
     pages = [_page(f"Talks day {i}", [EN_BODY, f"Day {i} of the talks in Geneva ended."] * 20).encode()
              for i in range(120)]
     items = [ExtractInput(f"http://example.org/{i}", p, "text/html") for i, p in enumerate(pages)]
     killed: list[int] = []
+    tick = os.sysconf("SC_CLK_TCK")
 
-    def kill_a_worker() -> None:
-        for _ in range(200):
-            # the workers are the forkserver's children (forked: their command line is the forkserver's)
-            servers = [c for c in psutil.Process().children() if "forkserver" in " ".join(c.cmdline())]
-            workers = [w for f in servers for w in f.children() if w.cpu_times().user > 0.3]
-            if workers:
-                os.kill(workers[0].pid, signal.SIGKILL)
-                killed.append(workers[0].pid)
+    def cpu_s(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return int(fh.read().rsplit(")", 1)[1].split()[11]) / tick  # utime
+        except OSError:
+            return 0.0
+
+    def kill_a_worker(pool: ExtractionPool) -> None:
+        for _ in range(500):  # once a worker has done some of the batch's pages
+            busy = [pid for pid in pool.worker_pids() if cpu_s(pid) > 0.3]
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                killed.append(busy[0])
                 return
-            threading.Event().wait(0.02)
+            threading.Event().wait(0.01)
 
     with extraction_pool(2) as pool:
         assert pool is not None
-        killer = threading.Thread(target=kill_a_worker)
+        killer = threading.Thread(target=kill_a_worker, args=(pool,))
         killer.start()
         outs = extract_batch(items, pool=pool)
         killer.join()

@@ -513,6 +513,10 @@ class ExtractionPool:
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
         return self._pool.submit(fn, *args)
 
+    def worker_pids(self) -> list[int]:
+        """The workers' process ids (none before the first task is submitted)."""
+        return list(getattr(self._pool, "_processes", {}))
+
     def restart(self) -> None:
         """Kill the workers (a stuck one never returns by itself) and start a new pool."""
         # ProcessPoolExecutor has no public way to kill its workers before Python 3.14
