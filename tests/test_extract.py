@@ -216,7 +216,8 @@ def test_time_limit_is_not_swallowed_by_trafilatura() -> None:
 
 def test_a_killed_worker_loses_no_page_and_the_pool_goes_on() -> None:
     """A worker killed mid-batch (as the kernel's OOM killer would) breaks its process pool: every
-    page still gets its own outcome, the pool is restarted, and the next batch is extracted."""
+    page still gets its own outcome, the pool is restarted, and the next batch is extracted, also
+    after the workers are killed while idle."""
     import os
     import signal
     import threading
@@ -249,10 +250,15 @@ def test_a_killed_worker_loses_no_page_and_the_pool_goes_on() -> None:
         killer.start()
         outs = extract_batch(items, pool=pool)
         killer.join()
+        restarts_in_batch = pool.restarts
+        idle = pool.worker_pids()
+        for pid in idle:  # killed between batches, as the OOM killer may pick an idle worker
+            os.kill(pid, signal.SIGKILL)
+        threading.Event().wait(0.5)
         (after,) = extract_batch(items[:1], pool=pool)
         restarts = pool.restarts
     assert killed, "no worker was found to kill"
-    assert restarts == 1
+    assert restarts_in_batch == 1 and idle and restarts == 2
     assert [o.url for o in outs] == [i.url for i in items]
     assert all(o.status == "ok" for o in outs), [o.status_reason for o in outs if o.status != "ok"]
     assert after.status == "ok"

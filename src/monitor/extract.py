@@ -511,7 +511,12 @@ class ExtractionPool:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
 
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
-        return self._pool.submit(fn, *args)
+        """Submit a task; a pool that broke since the last one (a worker killed while idle) is restarted first."""
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool:
+            self.restart()
+            return self._pool.submit(fn, *args)
 
     def worker_pids(self) -> list[int]:
         """The workers' process ids (none before the first task is submitted)."""
@@ -585,6 +590,8 @@ def extract_batch(items: Sequence[ExtractInput], *, min_words: int = 40, timeout
         except (BrokenProcessPool, FutureTimeout):
             broken = True  # every task still pending is lost with the pool: redo them below
             results.extend([None] * len(chunk))
+        except Exception as exc:  # e.g. a result that cannot be unpickled: these pages, not the run
+            results.extend(_failed(item, f"worker failed: {type(exc).__name__}") for item in chunk)
     if broken:
         pool.restart()
         results = [out or _extract_alone(pool, item, min_words, timeout_s, with_novelty)
@@ -606,6 +613,8 @@ def _extract_alone(pool: ExtractionPool, item: ExtractInput, min_words: int, tim
     except BrokenProcessPool:
         pool.restart()
         return _failed(item, "extraction worker died on this page (killed or crashed)")
+    except Exception as exc:
+        return _failed(item, f"worker failed: {type(exc).__name__}")
 
 
 # Pages per pool task. Each task costs the flow process's pool threads a round trip (queue the
