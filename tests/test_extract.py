@@ -490,7 +490,7 @@ def test_tuned_trafilatura_extracts_what_trafilatura_as_shipped_extracts(monkeyp
     pages = _eval_pages()[::6]
     extract.tune_trafilatura()
     assert form_class() is lxml_html.HtmlElement  # the C lookup is in use
-    replaced = [(lst, i, xp) for lst, i, xp in extract._TUNED if lst is not None]
+    replaced = list(extract._REPLACED)
     assert len(replaced) == 20 and all(lst[i] is not xp for lst, i, xp in replaced)
     ours = outputs(pages)
     monkeypatch.setattr(extract, "TUNE_TRAFILATURA", False)

@@ -130,15 +130,20 @@ def author_candidates(tree: Element) -> tuple[list[Element], list[Element], list
     return specific, generic, last
 
 
-def _first_author(tree: Element, len_limit: int) -> str | None:
-    """trafilatura's `extract_metainfo(tree, AUTHOR_XPATHS, len_limit)`."""
+def _byline_text(elem: Element, len_limit: int) -> str | None:
+    """A match's text, if trafilatura's `extract_metainfo` would take it."""
     from trafilatura.utils import trim
 
+    content = trim(" ".join(elem.itertext()))
+    return str(content) if content and 2 < len(content) < len_limit else None
+
+
+def _first_author(tree: Element, len_limit: int) -> str | None:
+    """trafilatura's `extract_metainfo(tree, AUTHOR_XPATHS, len_limit)`."""
     for results in author_candidates(tree):
         for elem in results:
-            content = trim(" ".join(elem.itertext()))
-            if content and 2 < len(content) < len_limit:
-                return str(content)
+            if (content := _byline_text(elem, len_limit)) is not None:
+                return content
     return None
 
 
@@ -166,8 +171,6 @@ def _author_without_copy(tree: Element, len_limit: int = 120) -> str | None:
     parent's text or its previous sibling's tail. A match with a pruned descendant is the one case
     whose text would differ: then the copy is pruned after all.
     """
-    from trafilatura.utils import trim
-
     candidates = author_candidates(tree)
     if not any(candidates):
         return None
@@ -179,9 +182,8 @@ def _author_without_copy(tree: Element, len_limit: int = 120) -> str | None:
                 continue
             if elem in holds_removed:
                 return _pruned_author(tree)
-            content = trim(" ".join(elem.itertext()))
-            if content and 2 < len(content) < len_limit:
-                return str(content)
+            if (content := _byline_text(elem, len_limit)) is not None:
+                return content
     return None
 
 
