@@ -30,7 +30,7 @@ from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult, TopicMatch
 from monitor.ops import LockHolder, limit_malloc_arenas, run_breakdown, run_lock, run_markdown
 from monitor.snapshot import publish_from
-from monitor.store import Store, open_store
+from monitor.store import RECYCLE_EVERY, Store, open_store
 from monitor.topics import TopicSet, explain_text
 
 T = TypeVar("T")
@@ -387,6 +387,8 @@ def _cycle(settings: Settings, progress: Progress | None,
                                               quoted(topic_names))
                     _count_batch(stats, arts, done_ok, counts)
                     done += len(done_batch)
+                    if done // RECYCLE_EVERY > (done - len(done_batch)) // RECYCLE_EVERY:
+                        store.recycle()
                     progress("articles", done, len(new_links))
                     _release(arts)
                     del arts, matches, fut

@@ -151,3 +151,27 @@ def test_extraction_drops_page_bytes_once_articles_are_built(demo_config: Path, 
     assert [f.content for f in fetched] == [None, None]
     assert [a.status for a in arts] == ["ok", "ok"] and all(a.html and a.text for a in arts)
     assert PEACE in {m.topic for m in matches}  # tagging ran on the texts
+
+
+def test_a_run_that_recycles_its_store_loses_nothing(demo_config: Path, webhook: WebhookReceiver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flow reopens its store every RECYCLE_EVERY articles (memory, store.recycle); what comes after
+    (later batches, alerts, the dashboard, the snapshot) runs on the new connection."""
+    import flows.ingest
+
+    from monitor.store import Store
+
+    recycled: list[int] = []
+    real = Store.recycle
+
+    def counting(store: Store) -> None:
+        recycled.append(1)
+        real(store)
+
+    monkeypatch.setattr(flows.ingest, "RECYCLE_EVERY", 1)
+    monkeypatch.setattr(Store, "recycle", counting)
+    stats = ingest(str(demo_config))
+    assert recycled
+    assert stats["statuses"] == {"ok": 23, "duplicate": 1} and stats["developments"] == 6  # 3 of them peace talks
+    assert stats["alerts_sent"] == 3 and len(webhook.received) == 3 and stats["snapshot"]
+    assert _rows(demo_config, "SELECT count(*) FROM articles") == [(24,)]
