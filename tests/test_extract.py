@@ -503,3 +503,27 @@ def test_tuned_trafilatura_extracts_what_trafilatura_as_shipped_extracts(monkeyp
         extract.tune_trafilatura()
     assert sum(o != t for o, t in zip(ours, theirs, strict=True)) == 0
     assert len(ours) > 150
+
+
+def test_the_shared_justext_stoplist_is_justexts_own_and_outlives_cache_resets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """warm_up builds justext's all-languages stoplist once (in the forkserver) instead of in every worker
+    after every reset of trafilatura's caches; what justext gets must not change."""
+    import justext.core
+    from justext.utils import get_stoplist
+    from trafilatura import external
+    from trafilatura.meta import reset_caches
+
+    from monitor import extract
+
+    monkeypatch.setattr(justext.core, "define_stoplist", justext.core.define_stoplist)  # restored after
+    everything = external.JT_STOPLIST or external.jt_stoplist_init()
+    expected = frozenset(w.lower() for w in everything)
+    extract.share_justext_stoplist()
+    shared = justext.core.define_stoplist(everything)
+    assert shared == expected and len(shared) > 100_000
+    reset_caches()  # what _maybe_reset_caches does every RESET_EVERY pages
+    assert justext.core.define_stoplist(everything) is shared
+    assert justext.core.define_stoplist(get_stoplist("German")) == frozenset(
+        w.lower() for w in get_stoplist("German"))
+    extract.share_justext_stoplist()  # idempotent
+    assert justext.core.define_stoplist(everything) is shared

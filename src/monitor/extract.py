@@ -448,11 +448,40 @@ def warm_up() -> None:
     in 30, and each such call compiles the regexes of every locale not seen yet (once per process, 26 MB).
     Over the 1,171 evaluation pages in one process that cost 4.7 s cold and 0.8 s warm, for 1.5 s here,
     once in the forkserver and shared with every worker instead of paid again in each.
+    And justext's all-languages stoplist (share_justext_stoplist).
     """
     from htmldate.extractors import get_external_parser
 
     _attach_novelty(extract_one(ExtractInput("https://example.org/news/warm-up", _WARM_PAGE, "text/html")))
     get_external_parser().get_date_data("Posted on 23 foo bar")
+    share_justext_stoplist()
+
+
+def share_justext_stoplist() -> None:
+    """Build justext's all-languages stoplist once here, and keep it past trafilatura's cache resets.
+
+    trafilatura hands justext the union of all its stoplists (154,000 words) for a page whose language
+    justext has no list for, and justext lower-cases it into a new frozenset, kept in an LRU cache
+    that trafilatura's `reset_caches` empties (every RESET_EVERY pages). Each worker built its own:
+    28 MB, again after every reset. Built in the forkserver (warm_up) and returned for that one
+    argument, it is shared by every worker, copy-on-write. Other stoplists go to justext as before.
+    """
+    import justext.core
+    import trafilatura.meta  # noqa: F401  (imports justext's cached function by name: it keeps the original)
+    from trafilatura import external
+
+    everything = external.JT_STOPLIST or external.jt_stoplist_init()
+    cached = justext.core.define_stoplist
+    if getattr(cached, "shared", None) is not None:
+        return
+    lowered = cached(everything)
+
+    def define_stoplist(stoplist: Any) -> frozenset[str]:
+        return lowered if stoplist is everything else cached(stoplist)
+
+    define_stoplist.shared = lowered  # type: ignore[attr-defined]
+    define_stoplist.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    justext.core.define_stoplist = define_stoplist
 
 
 _done_since_reset = 0
