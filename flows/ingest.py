@@ -392,6 +392,8 @@ def _cycle(settings: Settings, progress: Progress | None,
                     progress("articles", done, len(new_links))
                     _release(arts)
                     del arts, matches, fut
+        compacted = store.compact_pages()
+        stats.pages_compacted = compacted.files if compacted else 0
         for sid, s in stats.sources.items():
             if s.stored:
                 store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])

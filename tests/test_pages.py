@@ -1,4 +1,4 @@
-"""The page archive: pages outside DuckDB, durable before the commit, newest row wins, errors named."""
+"""The page archive: pages outside DuckDB, durable before the commit, newest row wins, compacted, errors named."""
 
 from __future__ import annotations
 
@@ -84,3 +84,75 @@ def test_a_damaged_archive_file_is_one_store_error_naming_it(tmp_path: Path) -> 
     (folder / "99999999999999999999-1.parquet").write_bytes(b"not parquet")
     with pytest.raises(StoreError, match=r"cannot read archived pages .*99999999999999999999-1\.parquet"):
         pages.read_pages(folder, ["a1"])
+
+
+def _write(folder: Path, rows: list[tuple[str, bytes]]) -> Path:
+    path = pages.write_pages(folder, [(aid, compress_html(page)) for aid, page in rows])
+    assert path is not None
+    return path
+
+
+def _read(folder: Path, ids: list[str]) -> dict[str, bytes]:
+    return {aid: decompress_html(page) for aid, (_, page) in pages.read_pages(folder, ids).items()}
+
+
+def test_compaction_merges_the_small_files_and_every_stored_id_reads_the_same(tmp_path: Path) -> None:
+    folder = tmp_path / "db.duckdb.pages"
+    for k in range(5):  # a5 is written twice: the newer row must win, before and after
+        _write(folder, [(f"a{k}", f"<p>{k}</p>".encode()), ("a5", f"<p>five, version {k}</p>".encode())])
+    _write(folder, [("orphan", b"<p>its batch was rolled back</p>")])
+    ids = [f"a{k}" for k in range(6)]
+    before = _read(folder, ids)
+    assert before["a5"] == b"<p>five, version 4</p>"
+
+    assert pages.compact(folder, lambda got: set(got) & set(ids), at=7) is None  # 6 files: not yet
+    done = pages.compact(folder, lambda got: set(got) & set(ids), at=6)
+    assert done is not None and (done.files, done.kept, done.dropped) == (6, 6, 5)  # 4 old a5 rows, the orphan
+    assert [p.name for p in folder.glob("*.parquet")] == [done.path.name]
+    assert _read(folder, ids) == before
+    assert _read(folder, ["orphan"]) == {}
+
+
+def test_files_written_after_a_compaction_sort_after_it_and_win(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "db.duckdb.pages"
+    every = lambda got: set(got)  # noqa: E731
+    for k in range(3):
+        _write(folder, [(f"a{k}", b"<p>old</p>")])
+    first = pages.compact(folder, every, at=3)
+    assert first is not None
+    monkeypatch.setattr(pages, "SMALL_FILE_BYTES", first.path.stat().st_size)  # the merged file is now "big"
+    for k in range(3):
+        _write(folder, [("a0", f"<p>new {k}</p>".encode())])
+    second = pages.compact(folder, every, at=3)
+    assert second is not None and second.files == 3  # the big file is left as it is
+    assert sorted(p.name for p in folder.glob("*.parquet")) == [first.path.name, second.path.name]
+    assert _read(folder, ["a0", "a1"]) == {"a0": b"<p>new 2</p>", "a1": b"<p>old</p>"}
+
+
+def test_a_compaction_killed_before_removing_its_inputs_reads_the_same(tmp_path: Path) -> None:
+    folder = tmp_path / "db.duckdb.pages"
+    for k in range(4):
+        _write(folder, [("a0", f"<p>{k}</p>".encode()), (f"b{k}", b"<p>b</p>")])
+    kept = {p.name: p.read_bytes() for p in folder.glob("*.parquet")}
+    done = pages.compact(folder, set, at=4)
+    assert done is not None
+    for name, data in kept.items():  # as if killed after the rename, before any input was removed
+        (folder / name).write_bytes(data)
+    assert _read(folder, ["a0", "b0", "b3"]) == {"a0": b"<p>3</p>", "b0": b"<p>b</p>", "b3": b"<p>b</p>"}
+
+
+def test_the_store_compacts_its_archive_and_drops_pages_of_unstored_articles(tmp_path: Path) -> None:
+    db = tmp_path / "monitor.duckdb"
+    with open_store(db) as store:
+        with pytest.raises(RuntimeError), store.transaction():
+            store.write_articles([_article(99, b"<p>rolled back</p>")], "r0", store_html=True)
+            raise RuntimeError("the batch fails after its pages were written")
+        for n in range(3):
+            with store.transaction():
+                store.write_articles([_article(n, f"<p>{n}</p>".encode())], "r1", store_html=True)
+        assert store.compact_pages(at=5) is None
+        done = store.compact_pages(at=4)
+        assert done is not None and (done.files, done.kept, done.dropped) == (4, 3, 1)
+        rows = {r["id"]: decompress_html(bytes(r["html"])) for r in store.stored_articles()}
+    assert rows == {"a0": b"<p>0</p>", "a1": b"<p>1</p>", "a2": b"<p>2</p>"}

@@ -153,13 +153,15 @@ def test_extraction_drops_page_bytes_once_articles_are_built(demo_config: Path, 
     assert PEACE in {m.topic for m in matches}  # tagging ran on the texts
 
 
-def test_a_run_that_recycles_its_store_loses_nothing(demo_config: Path, webhook: WebhookReceiver,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_that_recycles_its_store_and_compacts_its_pages_loses_nothing(
+        demo_config: Path, webhook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
     """The flow reopens its store every RECYCLE_EVERY articles (memory, store.recycle); what comes after
-    (later batches, alerts, the dashboard, the snapshot) runs on the new connection."""
+    (later batches, alerts, the dashboard, the snapshot) runs on the new connection. At its end it
+    merges the page archive's small files (pages.compact); every stored page still reads back."""
     import flows.ingest
 
-    from monitor.store import Store
+    from monitor import pages
+    from monitor.store import Store, open_store
 
     recycled: list[int] = []
     real = Store.recycle
@@ -170,8 +172,14 @@ def test_a_run_that_recycles_its_store_loses_nothing(demo_config: Path, webhook:
 
     monkeypatch.setattr(flows.ingest, "RECYCLE_EVERY", 1)
     monkeypatch.setattr(Store, "recycle", counting)
+    monkeypatch.setattr(pages, "COMPACT_AT", 1)
     stats = ingest(str(demo_config))
     assert recycled
     assert stats["statuses"] == {"ok": 23, "duplicate": 1} and stats["developments"] == 6  # 3 of them peace talks
     assert stats["alerts_sent"] == 3 and len(webhook.received) == 3 and stats["snapshot"]
-    assert _rows(demo_config, "SELECT count(*) FROM articles") == [(24,)]
+    assert stats["pages_compacted"] == 1
+    db = demo_config.parent.parent / "demo.duckdb"
+    assert [p.name.endswith("-c.parquet") for p in pages.archive_dir(db).glob("*.parquet")] == [True]
+    with open_store(db) as store:
+        stored = store.stored_articles()
+    assert len(stored) == 24 and all(r["html"] for r in stored)

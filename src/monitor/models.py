@@ -159,6 +159,7 @@ class RunStats:
     alerts_failed: int = 0
     dashboard: str | None = None
     database: str | None = None
+    pages_compacted: int = 0  # archive files merged into one at the run's end (monitor.pages.compact)
     seconds: float = 0.0
 
     def source(self, sid: str) -> SourceStats:

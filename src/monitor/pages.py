@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +27,10 @@ import pyarrow.parquet as pq
 from monitor.errors import StoreError
 
 CODEC = "zstd"  # how each page's bytes are compressed (monitor.extract.compress_html)
+# One file per stored batch is ~50 files a day on a 30-minute schedule. When the newest run of files
+# under SMALL_FILE_BYTES reaches COMPACT_AT files, it is merged into one (compact).
+COMPACT_AT = 64
+SMALL_FILE_BYTES = 32 << 20
 _SCHEMA = pa.schema([("article_id", pa.string()), ("codec", pa.string()), ("html", pa.binary())])
 
 
@@ -82,3 +87,73 @@ def read_pages(folder: Path, ids: Iterable[str]) -> dict[str, tuple[str, bytes]]
         for i in rows:
             found[ids_in_file[i]] = (codecs[i].as_py(), htmls[i].as_py())
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """What compact did: files merged into `path`, rows kept, rows dropped (older copies, unstored ids)."""
+
+    path: Path
+    files: int
+    kept: int
+    dropped: int
+
+
+def compact(folder: Path, stored: Callable[[Sequence[str]], set[str]],
+            at: int = COMPACT_AT) -> Compacted | None:
+    """Merge the newest run of small files into one when it has `at` files or more; None otherwise.
+
+    The merged file keeps, for each id, the row that reading would take (the newest), and only ids
+    that `stored` says are stored articles: rows left by a batch whose transaction failed go here.
+    It is named after the newest file it replaces, so it sorts after every older file and before
+    every newer one, and reading takes the same row for every id before, during and after the merge.
+    It is written, fsynced and renamed before the files it replaces are removed. The caller holds
+    the run lock (no other writer).
+    """
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    group: list[Path] = []
+    for path in reversed(files):  # newest first, up to the first big (already merged) file
+        if path.stat().st_size >= SMALL_FILE_BYTES:
+            break
+        group.append(path)
+    if len(group) < at:
+        return None
+    target = group[0].with_name(f"{group[0].stem}-c.parquet")
+    tmp = folder / f".{target.stem}-{os.getpid()}.tmp"
+    try:
+        keep, dropped = _rows_to_keep(group, stored)  # per file, newest first
+        with open(tmp, "wb") as fh:
+            with pq.ParquetWriter(fh, _SCHEMA, compression="none") as writer:
+                for path, rows in zip(reversed(group), reversed(keep), strict=True):  # oldest first
+                    if rows:
+                        writer.write_table(pq.read_table(path, schema=_SCHEMA).take(rows))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        for path in group:
+            path.unlink()
+    except (OSError, pa.ArrowException) as exc:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot compact pages in {folder}: {exc}") from None
+    return Compacted(target, len(group), sum(len(r) for r in keep), dropped)
+
+
+def _rows_to_keep(newest_first: Sequence[Path], stored: Callable[[Sequence[str]], set[str]],
+                  ) -> tuple[list[list[int]], int]:
+    """For each file, the rows reading would take for a stored id; and how many rows are dropped."""
+    seen: set[str] = set()
+    keep: list[list[int]] = []
+    dropped = 0
+    for path in newest_first:
+        ids = pq.read_table(path, columns=["article_id"]).column("article_id").to_pylist()
+        wanted = stored(ids)
+        rows: list[int] = []
+        for i in range(len(ids) - 1, -1, -1):  # within a file, the last row of an id wins
+            if ids[i] in wanted and ids[i] not in seen:
+                seen.add(ids[i])
+                rows.append(i)
+        rows.reverse()
+        keep.append(rows)
+        dropped += len(ids) - len(rows)
+    return keep, dropped

@@ -408,6 +408,13 @@ class Store:
         rows = self.con.execute("SELECT a.id FROM articles a JOIN tbl USING (id)").fetchall()
         return {r[0] for r in rows}
 
+    def compact_pages(self, at: int | None = None) -> pages.Compacted | None:
+        """Merge the page archive's newest small files when there are `at` (pages.COMPACT_AT) of them
+        (pages.compact); rows of ids that are not stored articles are dropped. A DuckLake keeps no archive."""
+        if self.lake:
+            return None
+        return pages.compact(pages.archive_dir(self.path), self.known_article_ids, at or pages.COMPACT_AT)
+
     def find_content_hashes(self, hashes: Iterable[str]) -> dict[str, str]:
         """content_hash -> the first stored article id with that hash."""
         hs = sorted({h for h in hashes if h})
