@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import duckdb
@@ -13,6 +15,7 @@ import pytest
 from tests.faultserver import ARTICLE_FAULTS, ETAG, FaultServer
 
 from monitor.config import FetchConfig
+from monitor.demo.servers import BackgroundServer
 from monitor.fetch import AddressPolicy, Fetcher, FetchRequest, embedded_ipv4, fetch_all, user_agent
 from monitor.models import FetchResult
 
@@ -157,6 +160,43 @@ def test_per_host_limit_holds(faults: FaultServer) -> None:
 
     seen = asyncio.run(run())
     assert max(seen.values()) <= 2 and len(faults.seen) == 31
+
+
+class _KeepAlive(BaseHTTPRequestHandler):
+    """An HTTP/1.1 page server that counts the TCP connections it accepts."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.connections += 1  # type: ignore[attr-defined]
+
+    def do_GET(self) -> None:
+        robots = self.path == "/robots.txt"
+        body = b"User-agent: *\nAllow: /\n" if robots else b"<html><body><p>page</p></body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain" if robots else "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_connections_to_each_host_are_kept_while_other_hosts_are_fetched() -> None:
+    """Three hosts, two connections each, but only two requests in flight at once (concurrency): one
+    pool for all hosts would close one host's idle connections to open another's, again and again."""
+    servers = [BackgroundServer(_KeepAlive) for _ in range(3)]
+    for srv in servers:
+        srv.httpd.connections, srv.httpd.lock = 0, threading.Lock()  # type: ignore[attr-defined]
+    cfg = CFG.model_copy(update={"per_host": 2, "concurrency": 2})
+    with servers[0], servers[1], servers[2]:
+        urls = [f"{servers[i % 3].url}/p{i}.html" for i in range(60)]
+        results = _fetch(cfg, [FetchRequest(u) for u in urls])
+        assert all(r.ok for r in results)
+        assert max(srv.httpd.connections for srv in servers) <= 2  # type: ignore[attr-defined]
 
 
 # ---- the real flow: good demo sources plus faulty ones --------------------------------------------

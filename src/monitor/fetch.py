@@ -1,7 +1,7 @@
 """Polite, safe HTTP fetching with httpx: the only module that downloads anything.
 
-One AsyncClient is built here (`build_client`) with explicit timeouts and limits. Every request
-passes through:
+HTTP clients are built in one place (`build_client`) with explicit timeouts and limits, one per
+host (`Fetcher.client`). Every request passes through:
 
 - an SSRF guard: http/https only; hosts resolving to loopback, private, link-local, shared,
   reserved or otherwise non-public addresses are refused unless allowed by config. The guard runs
@@ -303,16 +303,25 @@ class Fetcher:
         self.robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
         self.robots_locks: dict[str, asyncio.Lock] = {}
         self._transport = transport
-        self.client: httpx.AsyncClient | None = None
+        self.clients: dict[str, httpx.AsyncClient] = {}
         self.ua = user_agent(cfg)
 
     async def __aenter__(self) -> Fetcher:
-        self.client = build_client(self.cfg, self._transport, self.policy)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        clients, self.clients = list(self.clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def client(self, url: str) -> httpx.AsyncClient:
+        """The host's own client. httpcore scans every connection of its pool at each request's start
+        and end; one pool per host keeps that scan to the host's own connections (4 hosts, 8 each:
+        1.39 -> 1.13 CPU ms a page). A transport given to the Fetcher (tests) serves one client."""
+        key = _host_key(url) if self._transport is None else ""
+        if key not in self.clients:
+            self.clients[key] = build_client(self.cfg, self._transport, self.policy)
+        return self.clients[key]
 
     def gate(self, url: str) -> HostGate:
         key = _host_key(url)
@@ -401,9 +410,8 @@ class Fetcher:
             raise PermanentFetchError(url, "disallowed by robots.txt")
 
     async def _get(self, url: str, headers: dict[str, str], purpose: str) -> FetchResult | str:
-        assert self.client is not None
         try:
-            async with self.client.stream("GET", url, headers=headers) as resp:
+            async with self.client(url).stream("GET", url, headers=headers) as resp:
                 return await self._answer(url, resp, purpose)
         except FetchError as exc:
             if not exc.url:
