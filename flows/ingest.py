@@ -337,6 +337,17 @@ def _publish_snapshot(store: Store, settings: Settings) -> str | None:
         return None
 
 
+def _compact_pages(store: Store) -> int:
+    """Merging the page archive's files is upkeep: if it fails, the files stay as they are (nothing is
+    removed before the merged file is in place) and the next run tries again."""
+    try:
+        done = store.compact_pages()
+    except StoreError as exc:
+        get_run_logger().warning("page archive not compacted: %s", exc)
+        return 0
+    return done.files if done else 0
+
+
 def _cycle(settings: Settings, progress: Progress | None,
            run_id: str) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
     started = time.monotonic()
@@ -392,8 +403,7 @@ def _cycle(settings: Settings, progress: Progress | None,
                     progress("articles", done, len(new_links))
                     _release(arts)
                     del arts, matches, fut
-        compacted = store.compact_pages()
-        stats.pages_compacted = compacted.files if compacted else 0
+        stats.pages_compacted = _compact_pages(store)
         for sid, s in stats.sources.items():
             if s.stored:
                 store.con.execute("UPDATE sources SET last_new_article = ? WHERE id = ?", [now, sid])

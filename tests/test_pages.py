@@ -156,3 +156,14 @@ def test_the_store_compacts_its_archive_and_drops_pages_of_unstored_articles(tmp
         assert done is not None and (done.files, done.kept, done.dropped) == (4, 3, 1)
         rows = {r["id"]: decompress_html(bytes(r["html"])) for r in store.stored_articles()}
     assert rows == {"a0": b"<p>0</p>", "a1": b"<p>1</p>", "a2": b"<p>2</p>"}
+
+
+def test_a_compaction_that_meets_a_damaged_file_is_one_store_error_and_removes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "db.duckdb.pages"
+    for k in range(3):
+        _write(folder, [(f"a{k}", b"<p>x</p>")])
+    (folder / "00000000000000000001-1.parquet").write_bytes(b"not parquet")
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(StoreError, match=r"cannot compact pages in .*db\.duckdb\.pages"):
+        pages.compact(folder, set, at=4)
+    assert sorted(p.name for p in folder.iterdir()) == before  # no temporary left, no input removed

@@ -183,3 +183,17 @@ def test_a_run_that_recycles_its_store_and_compacts_its_pages_loses_nothing(
     with open_store(db) as store:
         stored = store.stored_articles()
     assert len(stored) == 24 and all(r["html"] for r in stored)
+
+
+def test_a_page_archive_that_cannot_be_compacted_does_not_fail_the_run(demo_config: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitor import pages
+
+    db = demo_config.parent.parent / "demo.duckdb"
+    damaged = pages.archive_dir(db) / "00000000000000000001-1.parquet"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"a file damaged on disk")
+    monkeypatch.setattr(pages, "COMPACT_AT", 1)
+    stats = ingest(str(demo_config))
+    assert stats["statuses"] == {"ok": 23, "duplicate": 1} and stats["pages_compacted"] == 0
+    assert damaged.exists() and len(list(damaged.parent.glob("*.parquet"))) == 2  # nothing merged or lost
