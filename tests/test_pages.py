@@ -11,7 +11,7 @@ from monitor import pages
 from monitor.errors import StoreError
 from monitor.extract import compress_html, decompress_html
 from monitor.models import Article
-from monitor.store import open_store
+from monitor.store import Store, open_store
 
 
 def _article(n: int, page: bytes | None) -> Article:
@@ -32,12 +32,17 @@ def test_pages_are_archived_beside_the_database_and_read_back(tmp_path: Path) ->
     assert rows["a2"]["html"] is None
 
 
+def _rolled_back(store: Store, article: Article) -> None:
+    """A batch whose transaction fails after its pages were archived."""
+    with pytest.raises(RuntimeError), store.transaction():
+        store.write_articles([article], "r0", store_html=True)
+        raise RuntimeError("the batch fails after its pages were written")
+
+
 def test_a_rolled_back_batch_leaves_a_file_that_is_never_read_for_the_stored_article(tmp_path: Path) -> None:
     db = tmp_path / "monitor.duckdb"
     with open_store(db) as store:
-        with pytest.raises(RuntimeError), store.transaction():
-            store.write_articles([_article(1, b"<p>first fetch</p>")], "r1", store_html=True)
-            raise RuntimeError("the batch fails after its pages were written")
+        _rolled_back(store, _article(1, b"<p>first fetch</p>"))
         assert store.scalar("SELECT count(*) FROM articles") == 0
         assert store.stored_articles() == []
         with store.transaction():  # the next run fetches it again
@@ -145,9 +150,7 @@ def test_a_compaction_killed_before_removing_its_inputs_reads_the_same(tmp_path:
 def test_the_store_compacts_its_archive_and_drops_pages_of_unstored_articles(tmp_path: Path) -> None:
     db = tmp_path / "monitor.duckdb"
     with open_store(db) as store:
-        with pytest.raises(RuntimeError), store.transaction():
-            store.write_articles([_article(99, b"<p>rolled back</p>")], "r0", store_html=True)
-            raise RuntimeError("the batch fails after its pages were written")
+        _rolled_back(store, _article(99, b"<p>rolled back</p>"))
         for n in range(3):
             with store.transaction():
                 store.write_articles([_article(n, f"<p>{n}</p>".encode())], "r1", store_html=True)
