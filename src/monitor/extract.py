@@ -470,10 +470,10 @@ def share_justext_stoplist() -> None:
     import trafilatura.meta  # noqa: F401  (imports justext's cached function by name: it keeps the original)
     from trafilatura import external
 
-    everything = external.JT_STOPLIST or external.jt_stoplist_init()
     cached = justext.core.define_stoplist
     if getattr(cached, "shared", None) is not None:
         return
+    everything = external.JT_STOPLIST or external.jt_stoplist_init()
     lowered = cached(everything)
 
     def define_stoplist(stoplist: Any) -> frozenset[str]:

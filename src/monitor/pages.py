@@ -100,8 +100,8 @@ class Compacted:
 
 
 def compact(folder: Path, stored: Callable[[Sequence[str]], set[str]],
-            at: int = COMPACT_AT) -> Compacted | None:
-    """Merge the newest run of small files into one when it has `at` files or more; None otherwise.
+            at: int | None = None) -> Compacted | None:
+    """Merge the newest run of small files into one when it has `at` (COMPACT_AT) files or more; None otherwise.
 
     The merged file keeps, for each id, the row that reading would take (the newest), and only ids
     that `stored` says are stored articles: rows left by a batch whose transaction failed go here.
@@ -116,7 +116,7 @@ def compact(folder: Path, stored: Callable[[Sequence[str]], set[str]],
         if path.stat().st_size >= SMALL_FILE_BYTES:
             break
         group.append(path)
-    if len(group) < at:
+    if len(group) < (COMPACT_AT if at is None else at):
         return None
     target = group[0].with_name(f"{group[0].stem}-c.parquet")
     tmp = folder / f".{target.stem}-{os.getpid()}.tmp"

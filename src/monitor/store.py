@@ -413,7 +413,7 @@ class Store:
         (pages.compact); rows of ids that are not stored articles are dropped. A DuckLake keeps no archive."""
         if self.lake:
             return None
-        return pages.compact(pages.archive_dir(self.path), self.known_article_ids, at or pages.COMPACT_AT)
+        return pages.compact(pages.archive_dir(self.path), self.known_article_ids, at)
 
     def find_content_hashes(self, hashes: Iterable[str]) -> dict[str, str]:
         """content_hash -> the first stored article id with that hash."""
