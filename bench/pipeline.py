@@ -4,6 +4,7 @@
     .venv/bin/python bench/pipeline.py --quick    # small sizes, for development
     .venv/bin/python bench/pipeline.py --articles 20000 --skip-scale --skip-newspaper --skip-ceiling  # memory
     .venv/bin/python bench/pipeline.py --quick --profile               # + pyinstrument of the flow process
+    .venv/bin/python bench/pipeline.py --prefect-server   # flows against `prefect server start`, not ephemeral
 
 One process tree, one run (needs `pip install -e .[bench]`):
 (a) ceiling: raw `trafilatura.bare_extraction` over the corpus bytes in 2 worker processes, with its
@@ -622,6 +623,67 @@ def free_ports(n: int) -> list[int]:
 
 
 @contextmanager
+def prefect_server(run_dir: Path, ephemeral: bool) -> Iterator[str]:
+    """The Prefect API the flow runs talk to.
+
+    `ephemeral` (the default, what `monitor run` and the demo use): no API URL, so the first flow run
+    starts Prefect's ephemeral API in a subprocess. Launching it imports the server's code (FastAPI,
+    SQLAlchemy, its models) into the flow process too: ~80 MB more there.
+    Otherwise `prefect server start` (with its services, as the README deploys it for schedules) in a
+    process of its own, and the flow process is a plain client of PREFECT_API_URL. At 3,000 articles
+    that tree peaked at 1,029 MB PSS against 1,091 MB ephemeral; at 20,000 the server itself grew to
+    382 MB against the ephemeral API's 212 MB (docs/benchmarks.md, session 8).
+    """
+    if ephemeral:
+        yield "ephemeral"
+        return
+    port = free_ports(1)[0]
+    log = (run_dir / "prefect-server.log").open("wb")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"})
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(url, proc, run_dir / "prefect-server.log")
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        _drain_prefect_clients()  # logs and events still queued would be sent to a stopped server
+        os.environ.pop("PREFECT_API_URL", None)
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _drain_prefect_clients() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with suppress(Exception):
+            service.drain_all(timeout=10)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited ({proc.returncode}): {log.read_text()[-500:]}")
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy after {timeout_s:.0f} s: {log}")
+
+
+@contextmanager
 def corpus_server(sets: list[corpus.CorpusSet], ports: list[int], sampler: RssSampler) -> Iterator[None]:
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
@@ -684,6 +746,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--profile", action="store_true", help="pyinstrument the flow run (b) into bench/results/")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "monitor-bench")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--prefect-server", action="store_true",
+                    help="run the flows against `prefect server start` instead of Prefect's ephemeral API")
     args = ap.parse_args(argv)
     global BATCH_SIZE
     BATCH_SIZE = args.batch_size or BATCH_SIZE
@@ -719,7 +783,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     quiet_prefect(run_dir / "logs")
     try:
-        with corpus_server(sets, ports, sampler):
+        with corpus_server(sets, ports, sampler), prefect_server(run_dir, not args.prefect_server) as api:
+            result["config"]["prefect_api"] = "ephemeral" if api == "ephemeral" else "prefect server start"
             if not args.skip_ceiling:
                 print("(a) ceiling: raw trafilatura.bare_extraction, 2 processes", flush=True)
                 result["ceiling"] = run_extractor("trafilatura", _raw_trafilatura, main_set, sampler)
@@ -728,7 +793,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                         sampler)
             ingest = instrument_flow()
             print("(b) ours: the Prefect flow, discover -> store", flush=True)
-            ingest(str(write_config(run_dir, sets, ports, "warm", run_dir / "warm.duckdb")))  # starts Prefect
+            ingest(str(write_config(run_dir, sets, ports, "warm", run_dir / "warm.duckdb")))  # Prefect warm
             cfg = write_config(run_dir, sets, ports, "main", run_dir / "main.duckdb")
             if args.profile:
                 from pyinstrument import Profiler

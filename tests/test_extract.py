@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
@@ -332,6 +333,19 @@ def test_html_compression_round_trip() -> None:
     blob = compress_html(html)
     assert len(blob) < len(html)
     assert decompress_html(blob) == html
+
+
+def test_compressed_page_holds_only_its_own_size() -> None:
+    """The flow keeps two batches of compressed pages: each must not keep the compressor's whole buffer."""
+    html = _article_page(400)
+    tracemalloc.start()
+    try:
+        blob = compress_html(html)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(blob) * 4 < len(html)
+    assert held < len(blob) + 1024, f"a {len(blob)}-byte blob holds {held} bytes"
 
 
 def _article_page(paragraphs: int) -> bytes:
