@@ -331,10 +331,14 @@ def _mark_failed(settings: Settings, run_id: str, exc: Exception) -> None:
 def _publish_snapshot(store: Store, settings: Settings) -> str | None:
     """The run's data is safely stored already: a failed publish leaves analysts on the previous one."""
     try:
-        return str(publish_from(store.con, settings.db_path).path)
+        published = publish_from(store.con, settings.db_path)
     except StoreError as exc:
         get_run_logger().warning("analyst snapshot not published: %s", exc)
         return None
+    if published.index_error:
+        get_run_logger().warning("analyst snapshot published with the previous search index (%s)",
+                                 published.index_error)
+    return str(published.path)
 
 
 def _compact_pages(store: Store) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +40,7 @@ class Published:
     bytes: int
     articles: int
     method: str  # file | logical
+    index_error: str | None = None  # the rebuild failed: the copy holds the previous index (search lags)
 
 
 def snapshot_path(db_path: str | Path) -> Path:
@@ -71,6 +72,12 @@ REINDEX_MAX_SHARE = 0.05
 # (608-668 MB on the synthetic 1M store); under 64 MB, 177 MB (113 MB), in 16.7 s either way at 20,000
 # and 20 -> 23 s on the 1M store, its checkpoint included (docs/benchmarks.md).
 INDEX_MEMORY_LIMIT = "64MB"
+# ...on one DuckDB thread: each thread builds tables of its own, and they are what the limit runs out
+# of. The synthetic 1M-article store plus 1,000 real bench articles: with 2 threads the rebuild failed
+# under 64 MB after 20.8 s (a 32 MiB allocation); with 1 it took 35.5 s and +38 MB (2 threads under
+# 128 MB: 25.5 s, +153 MB). A store whose vocabulary outgrows even that is rebuilt under the
+# writer's own limit instead (`refresh_search_index`).
+INDEX_THREADS = "1"
 
 
 def _rebuilt_recently(built_at: datetime | None, seconds: float | None) -> bool:
@@ -104,33 +111,47 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
         return None
     started = time.monotonic()
     load_fts(con)
-    from monitor.store import duckdb_setting
-
     # the run's own writes may still be in the WAL (the writer checkpoints rarely, store.py): they are
     # checkpointed under the writer's limit, so that the checkpoint below holds the index alone (under
     # 64 MB the run's 5,000 articles failed to pin memory and invalidated the database)
     con.execute("CHECKPOINT")
-    with duckdb_setting(con, "memory_limit", INDEX_MEMORY_LIMIT):
+    try:
+        _build_index(con, (count, newest, started), memory_limit=INDEX_MEMORY_LIMIT, threads=INDEX_THREADS)
+    except duckdb.OutOfMemoryException:
+        # a vocabulary bigger than the index's limit holds (a large store of varied text): spend the
+        # writer's memory once rather than leave search, and every later snapshot, behind for good
+        _build_index(con, (count, newest, started))
+    return round(time.monotonic() - started, 3)
+
+
+def _build_index(con: duckdb.DuckDBPyConnection, state: tuple[int, Any, float], *,
+                 memory_limit: str | None = None, threads: str | None = None) -> None:
+    """One whole rebuild (and its checkpoint) under the given DuckDB settings, recorded in search_index_state."""
+    from monitor.store import duckdb_setting
+
+    count, newest, started = state
+    with ExitStack() as settings:
+        for name, value in (("memory_limit", memory_limit), ("threads", threads)):
+            if value is not None:
+                settings.enter_context(duckdb_setting(con, name, value))
         try:
             # stemmer 'none': articles come in many languages and Porter stemming is English-only
             con.execute(
                 f"PRAGMA create_fts_index('{FTS_TABLE}', 'id', 'title', 'text', stemmer = 'none', "
                 "stopwords = 'none', strip_accents = 1, lower = 1, overwrite = 1)"
             )
-            seconds = round(time.monotonic() - started, 3)
             con.execute("DELETE FROM search_index_state")
             con.execute("INSERT INTO search_index_state VALUES (?, ?, ?, ?)",
-                        [count, newest, datetime.now(UTC), seconds])
+                        [count, newest, datetime.now(UTC), round(time.monotonic() - started, 3)])
             # the new index is still in the WAL: the next commit would checkpoint it under the writer's
             # limit (+400 MB at 20,000 articles instead of +20 MB under this one, in the same ~0.5 s)
             con.execute("CHECKPOINT")
         except duckdb.Error:
             # a failed rebuild leaves the connection's transaction aborted: without this rollback the
-            # limit could not be set back, and every later statement of the run would fail with it
+            # settings could not be set back, and every later statement of the run would fail with it
             with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
-    return seconds
 
 
 def _wal_pending(db_path: Path) -> bool:
@@ -178,8 +199,8 @@ def publish_from(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> Publish
     started = time.monotonic()
     for stale in target.parent.glob(f"{target.name}.*.tmp"):  # left by a publish that was killed
         stale.unlink(missing_ok=True)
+    index_s, index_error = _refreshed_index(con)
     try:
-        index_s = refresh_search_index(con)
         row = con.execute("SELECT count(*) FROM articles").fetchone()
         articles = int(row[0]) if row else 0
         tmp.unlink(missing_ok=True)
@@ -193,7 +214,16 @@ def publish_from(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> Publish
     except StoreError:
         tmp.unlink(missing_ok=True)
         raise
-    return Published(target, round(time.monotonic() - started, 3), index_s, size, articles, method)
+    return Published(target, round(time.monotonic() - started, 3), index_s, size, articles, method, index_error)
+
+
+def _refreshed_index(con: duckdb.DuckDBPyConnection) -> tuple[float | None, str | None]:
+    """(seconds, None) or (None, why): a failed rebuild leaves the previous index in place, and the
+    snapshot still publishes the run's data (new articles are found by SQL, not yet by search)."""
+    try:
+        return refresh_search_index(con), None
+    except (duckdb.Error, StoreError) as exc:
+        return None, f"search index not rebuilt: {str(exc).splitlines()[0]}"
 
 
 def publish(db_path: str | Path) -> Published:
