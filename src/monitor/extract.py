@@ -397,8 +397,9 @@ def compress_html(content: bytes) -> bytes:
 
     python-zstandard's `compress` returns bytes that keep the whole worst-case buffer it compressed
     into (about the input's size) and only report the shorter length: a 114 KB page's 24 KB blob held
-    115 KB. The flow holds two batches of blobs between extraction and storage, so the copy to an
-    exact-size object (0.01 ms) kept ~50 MB less in the flow process (bench/pipeline.py, issue #10).
+    115 KB. The flow holds two batches of blobs between extraction and storage: tracemalloc counted
+    60 MB of them after the first batch (bench/pipeline.py), about a fifth of that with the copy to
+    an exact-size object (0.01 ms a page).
     """
     return memoryview(zstandard.ZstdCompressor(level=_HTML_LEVEL).compress(content)).tobytes()
 
