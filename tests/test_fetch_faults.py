@@ -175,7 +175,9 @@ class _KeepAlive(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         robots = self.path == "/robots.txt"
         body = b"User-agent: *\nAllow: /\n" if robots else b"<html><body><p>page</p></body></html>"
-        self.send_response(200)
+        if self.path.startswith("/gone"):  # an error page, as sites send them: a small HTML body
+            body = b"<html><body><h1>404 Not Found</h1>" + b"<p>not here</p>" * 200 + b"</body></html>"
+        self.send_response(404 if self.path.startswith("/gone") else 200)
         self.send_header("Content-Type", "text/plain" if robots else "text/html")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -197,6 +199,19 @@ def test_connections_to_each_host_are_kept_while_other_hosts_are_fetched() -> No
         results = _fetch(cfg, [FetchRequest(u) for u in urls])
         assert all(r.ok for r in results)
         assert max(srv.httpd.connections for srv in servers) <= 2  # type: ignore[attr-defined]
+
+
+def test_an_error_answer_leaves_its_connection_open_for_the_next_request() -> None:
+    """A 404 whose small body is left unread cannot give its connection back: the next request to the
+    host would open a new one (a handshake more, and a site counting connections sees more of us)."""
+    srv = BackgroundServer(_KeepAlive)
+    srv.httpd.connections, srv.httpd.lock = 0, threading.Lock()  # type: ignore[attr-defined]
+    cfg = CFG.model_copy(update={"per_host": 1, "concurrency": 1})
+    with srv:
+        results = _fetch(cfg, [FetchRequest(f"{srv.url}/{'gone' if i % 2 else 'p'}{i}.html") for i in range(20)])
+        assert [r.ok for r in results] == [i % 2 == 0 for i in range(20)]
+        assert all("HTTP 404" in (r.error or "") for r in results if not r.ok)
+        assert srv.httpd.connections == 1  # type: ignore[attr-defined]
 
 
 # ---- the real flow: good demo sources plus faulty ones --------------------------------------------
