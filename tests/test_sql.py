@@ -305,23 +305,30 @@ def test_an_index_rebuild_out_of_its_memory_is_redone_under_the_writers_limit(
 
 
 def test_a_failed_index_rebuild_still_publishes_the_runs_data(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both attempts failing (mocked: a store too big for any limit cannot be built here) leaves the
-    previous index in place; the snapshot still carries every article and says why search lags."""
+    """The first attempt really runs out of memory (1 MB) and is rolled back; the second is made to fail
+    too (a store too big for any limit cannot be built here). The previous index stays in place, and
+    the snapshot carries every article and says why search lags."""
     from monitor import snapshot
 
-    def out_of_memory(*args: object, **kwargs: object) -> None:
-        raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 32.0 MiB")
+    build = snapshot._build_index
 
-    _fill(db, "r2", [_article("fr1", 100 + i) for i in range(20)])
+    def fallback_fails_too(con: duckdb.DuckDBPyConnection, state: Any, **settings: Any) -> None:
+        if not settings:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 32.0 MiB")
+        build(con, state, **settings)
+
+    _fill(db, "r2", [_article(k, 100 + i) for k in TEXTS for i in range(300)])
     with open_store(db) as store:
         store.con.execute("DELETE FROM search_index_state")
-        monkeypatch.setattr(snapshot, "_build_index", out_of_memory)
+        monkeypatch.setattr(snapshot, "INDEX_MEMORY_LIMIT", "1MB")
+        monkeypatch.setattr(snapshot, "_build_index", fallback_fails_too)
         published = snapshot.publish_from(store.con, db)
         assert published.index_seconds is None
         assert published.index_error and "Out of Memory" in published.index_error
     check = duckdb.connect(str(published.path), read_only=True)
     try:
-        assert check.execute("SELECT count(*) FROM articles").fetchone() == (12 + 20,)
+        assert check.execute("SELECT count(*) FROM articles").fetchone() == (12 + 1200,)
+        assert check.execute(f"SELECT count(*) FROM {snapshot.FTS_SCHEMA}.docs").fetchone() == (12,)  # the old index
     finally:
         check.close()
 
