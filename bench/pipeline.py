@@ -63,6 +63,7 @@ import psutil  # noqa: E402
 import corpus  # noqa: E402
 from monitor.config import FetchConfig  # noqa: E402
 from monitor.extract import RESET_EVERY  # noqa: E402
+from monitor.ops import drain_prefect_clients, prefect_api  # noqa: E402
 from monitor.snapshot import REINDEX_MAX_SHARE, REINDEX_MIN_INTERVAL_S, refresh_search_index  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
@@ -638,16 +639,18 @@ def free_ports(n: int) -> list[int]:
 def prefect_server(run_dir: Path, ephemeral: bool) -> Iterator[str]:
     """The Prefect API the flow runs talk to.
 
-    `ephemeral` (the default, what `monitor run` and the demo use): no API URL, so the first flow run
-    starts Prefect's ephemeral API in a subprocess. Launching it imports the server's code (FastAPI,
-    SQLAlchemy, its models) into the flow process too: ~80 MB more there.
+    `ephemeral` (the default): what `monitor run` and the demo use, Prefect's ephemeral API started in
+    a subprocess by monitor.ops.prefect_api, so that the flow process stays a plain API client.
+    (Left to Prefect, the first flow run would start it from the flow process after importing the
+    server's code there: ~70 MB more in that process, see docs/benchmarks.md, session 9.)
     Otherwise `prefect server start` (with its services, as the README deploys it for schedules) in a
     process of its own, and the flow process is a plain client of PREFECT_API_URL. At 3,000 articles
     that tree peaked at 1,029 MB PSS against 1,091 MB ephemeral; at 20,000 the server itself grew to
     382 MB against the ephemeral API's 212 MB (docs/benchmarks.md, session 8).
     """
     if ephemeral:
-        yield "ephemeral"
+        with prefect_api() as url:
+            yield "ephemeral" if url else "ephemeral, started by Prefect"
         return
     port = free_ports(1)[0]
     log = (run_dir / "prefect-server.log").open("wb")
@@ -661,7 +664,7 @@ def prefect_server(run_dir: Path, ephemeral: bool) -> Iterator[str]:
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
-        _drain_prefect_clients()  # logs and events still queued would be sent to a stopped server
+        drain_prefect_clients()  # logs and events still queued would be sent to a stopped server
         os.environ.pop("PREFECT_API_URL", None)
         proc.terminate()
         try:
@@ -670,15 +673,6 @@ def prefect_server(run_dir: Path, ephemeral: bool) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
-
-
-def _drain_prefect_clients() -> None:
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for service in (APILogWorker, EventsWorker):
-        with suppress(Exception):
-            service.drain_all(timeout=10)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
@@ -796,7 +790,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_prefect(run_dir / "logs")
     try:
         with corpus_server(sets, ports, sampler), prefect_server(run_dir, not args.prefect_server) as api:
-            result["config"]["prefect_api"] = "ephemeral" if api == "ephemeral" else "prefect server start"
+            result["config"]["prefect_api"] = api if api.startswith("ephemeral") else "prefect server start"
             if not args.skip_ceiling:
                 print("(a) ceiling: raw trafilatura.bare_extraction, 2 processes", flush=True)
                 result["ceiling"] = run_extractor("trafilatura", _raw_trafilatura, main_set, sampler)

@@ -28,7 +28,7 @@ from monitor.errors import MonitorError, StoreError
 from monitor.extract import NOVELTY_PREP, ExtractInput, build_article, extract_batch, extraction_pool
 from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult, TopicMatch
-from monitor.ops import LockHolder, limit_malloc_arenas, run_breakdown, run_lock, run_markdown
+from monitor.ops import LockHolder, limit_malloc_arenas, prefect_api, run_breakdown, run_lock, run_markdown
 from monitor.snapshot import publish_from
 from monitor.store import RECYCLE_EVERY, Store, open_store
 from monitor.topics import TopicSet, explain_text
@@ -443,8 +443,9 @@ def _count_batch(stats: RunStats, arts: list[Article], fetched_ok: list[bool], c
 
 
 def run_once(config_dir: str, progress: Progress | None = None) -> dict[str, Any]:
-    """Run one cycle (used by `monitor run` and the demo)."""
-    return ingest(config_dir, progress=progress)
+    """Run one cycle (used by `monitor run` and the demo) against the configured or an ephemeral Prefect API."""
+    with prefect_api():
+        return ingest(config_dir, progress=progress)
 
 
 if __name__ == "__main__":

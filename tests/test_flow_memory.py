@@ -109,3 +109,34 @@ def test_a_recycled_store_keeps_its_rows_and_writer_settings(tmp_path: Path) -> 
         with store.transaction():
             store.con.execute("INSERT INTO sources (id, url, kind) VALUES ('b', 'https://b.example', 'rss')")
         assert store.scalar("SELECT count(*) FROM sources") == 2
+
+
+def test_a_writer_appends_in_small_row_groups_so_a_checkpoint_rewrites_little(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    # A checkpoint rewrites (and merges into) a table's last row group whole: its size bounds the memory
+    # a checkpoint takes. 2,048 rows stand in for ROW_GROUP_SIZE so that the test writes few articles.
+    from datetime import UTC, datetime
+
+    import monitor.store as store_mod
+    from monitor.models import Article
+
+    monkeypatch.setattr(store_mod, "ROW_GROUP_SIZE", 2048, raising=False)
+    db = tmp_path / "rg.duckdb"
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    with store_mod.open_store(db) as store:
+        for b in range(0, 5000, 250):
+            arts = [Article(id=f"{i:016x}", url=f"https://example.org/{i}", source_id="s", status="ok",
+                            title=f"t {i}", text=f"text {i} " * 20, lang="en", content_hash=f"{i:040x}",
+                            fetched_at=t0) for i in range(b, b + 250)]
+            with store.transaction():
+                store.write_articles(arts, "run", store_html=False)
+            if b == 2500:
+                store.recycle()  # a reopen in the middle, as the flow does every RECYCLE_EVERY articles
+        assert store.scalar("SELECT current_setting('temp_directory')") == f"{db}.tmp"
+    with duckdb.connect(str(db), read_only=True) as con:  # analysts open the file as before
+        assert con.execute("SELECT count(*) FROM articles").fetchone() == (5000,)
+        groups = [r[0] for r in con.execute("SELECT max(count) FROM pragma_storage_info('articles') "
+                                            "GROUP BY row_group_id").fetchall()]
+    assert max(groups) <= 2048, groups
+    assert len(groups) >= 3, groups
+    assert not (tmp_path / "rg.duckdb.wal").exists()  # closing still checkpoints the attached file

@@ -467,7 +467,10 @@ def _stored_flow(name: str, config: Path, fmt: str) -> None:
         quiet_prefect(settings.db_path.parent / "logs")
         from flows import reprocess as flows_reprocess
 
-        stats = getattr(flows_reprocess, name)(str(config))
+        from monitor.ops import prefect_api
+
+        with prefect_api():
+            stats = getattr(flows_reprocess, name)(str(config))
     except MonitorError as exc:
         fail(exc)
         return

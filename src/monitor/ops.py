@@ -1,5 +1,6 @@
 """Run operations: the lock that keeps runs from overlapping, the per-run report, `monitor status`,
-and the run process's malloc arena limit (`limit_malloc_arenas`).
+the run process's malloc arena limit (`limit_malloc_arenas`) and the Prefect API a one-off run talks
+to (`prefect_api`).
 
 The lock is an advisory `flock` on `<db>.run.lock` holding the owner's PID and start time. The
 kernel drops it when the owner dies, so a crashed run never leaves a stale lock behind. A second run
@@ -16,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,3 +193,92 @@ def limit_malloc_arenas() -> None:
         return
     if hasattr(libc, "mallopt"):
         libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
+# How Prefect 3.9 starts its ephemeral API (prefect.server.api.server.SubprocessASGIServer): its own
+# app factory under uvicorn, told by these variables that it is ephemeral (the services a run needs,
+# no UI). Prefect itself would do this from inside the run's process, after importing the server's code
+# there (FastAPI, SQLAlchemy, its models): ~70 MB of that process for a server that runs elsewhere.
+_EPHEMERAL_API_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+API_STARTUP_S = 60.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _api_healthy(url: str, proc: Any, timeout_s: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop(proc: Any) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def drain_prefect_clients() -> None:
+    """Send the logs and events Prefect still queues in this process before their API goes away."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with suppress(Exception):  # a log that could not be sent must not fail the finished run
+            service.drain_all(timeout=10)
+
+
+@contextmanager
+def prefect_api(startup_s: float = API_STARTUP_S) -> Iterator[str | None]:
+    """The Prefect API for this process's flow runs: the configured one, or an ephemeral one of its own.
+
+    With PREFECT_API_URL set (a `prefect server start`, Prefect Cloud) nothing is started and None is
+    yielded. Otherwise Prefect's ephemeral API is started in a subprocess as Prefect would start it,
+    but from here, so that this process stays a plain API client (see _EPHEMERAL_API_ENV), and stopped
+    on exit. If it does not answer within `startup_s`, None is yielded and Prefect starts its own.
+    """
+    import subprocess
+
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    port = _free_port()
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+           **_EPHEMERAL_API_ENV}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                            env=env)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        if not _api_healthy(url, proc, startup_s):
+            _stop(proc)
+            yield None
+            return
+        with temporary_settings({PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                drain_prefect_clients()
+    finally:
+        if proc.poll() is None:
+            _stop(proc)
