@@ -63,7 +63,7 @@ import psutil  # noqa: E402
 import corpus  # noqa: E402
 from monitor.config import FetchConfig  # noqa: E402
 from monitor.extract import RESET_EVERY  # noqa: E402
-from monitor.ops import drain_prefect_clients, prefect_api  # noqa: E402
+from monitor.ops import drain_prefect_clients, prefect_api, stop_process  # noqa: E402
 from monitor.snapshot import REINDEX_MAX_SHARE, REINDEX_MIN_INTERVAL_S, refresh_search_index  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
@@ -666,12 +666,7 @@ def prefect_server(run_dir: Path, ephemeral: bool) -> Iterator[str]:
     finally:
         drain_prefect_clients()  # logs and events still queued would be sent to a stopped server
         os.environ.pop("PREFECT_API_URL", None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=20)
         log.close()
 
 

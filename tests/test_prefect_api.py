@@ -50,6 +50,7 @@ def test_a_run_without_an_api_url_gets_an_ephemeral_api_without_importing_the_se
     assert got["result"] == 42 and got["runs"] == 1  # the flow run is recorded on that API
     assert got["server_code_here"] is False  # the ~70 MB of server code stayed in the server's process
     assert got["late"] is None
+    assert "ephemeral Prefect API did not answer within 0s" in out.stderr  # and the run says so
     assert not _port_open(got["url"])  # and the server was stopped with the run
 
 

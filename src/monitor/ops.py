@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import json
+import logging
 import os
 import sys
 import time
@@ -225,12 +226,13 @@ def _api_healthy(url: str, proc: Any, timeout_s: float) -> bool:
     return False
 
 
-def _stop(proc: Any) -> None:
+def stop_process(proc: Any, timeout_s: float = 10.0) -> None:
+    """Terminate a child process, kill it if it has not ended within `timeout_s`, and reap it."""
     import subprocess
 
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -271,7 +273,9 @@ def prefect_api(startup_s: float = API_STARTUP_S) -> Iterator[str | None]:
     url = f"http://127.0.0.1:{port}/api"
     try:
         if not _api_healthy(url, proc, startup_s):
-            _stop(proc)
+            stop_process(proc)
+            logging.getLogger("monitor").warning(
+                "the ephemeral Prefect API did not answer within %gs; Prefect starts its own", startup_s)
             yield None
             return
         with temporary_settings({PREFECT_API_URL: url}):
@@ -281,4 +285,4 @@ def prefect_api(startup_s: float = API_STARTUP_S) -> Iterator[str | None]:
                 drain_prefect_clients()
     finally:
         if proc.poll() is None:
-            _stop(proc)
+            stop_process(proc)

@@ -1173,13 +1173,12 @@ def open_store(path: str | Path, *, read_only: bool = False, storage: StorageCon
         yield store
 
 
-# Rows per row group in what a writer appends (DuckDB's default is 122,880). A checkpoint rewrites a
-# table's last, partly filled row group, and merges small row groups into their neighbour; with article
-# texts that rewrite holds the whole row group in memory. 120,000 rows of 2 KB text, then three cycles
-# of 1,000 rows each checkpointed: the third checkpoint rose by 751 MB for 1.4 s with the default, 126 MB
-# for 0.28 s with 8,192. bench/pipeline.py, 20,000 articles: the flow process's peak PSS 822 -> 780 MB
-# (10,240 rows). 200,000 rows appended 5,000 at a time: written in 1.95 s instead of 4.54 s, and a
-# grouping, a time-range and a LIKE scan each as fast or faster (docs/benchmarks.md, session 9).
+# Rows per row group in what a writer appends (DuckDB's default is 122,880). A checkpoint (each reopen,
+# each publish) rewrites a table's last, partly filled row group and merges small ones into it, holding
+# it in memory: below 122,880 articles that is every article. A 100,000-article store, each later cycle
+# of 1,000 articles: checkpoint 1.3 s and +460-490 MB with the default, 0.1 s and +1-24 MB with 8,192.
+# The cost: the search index's tables get small row groups too, and its rebuild is slower (20,000
+# articles 16.7 -> 28.9 s, bench/store_writes.py; docs/choices.md, docs/benchmarks.md session 9).
 ROW_GROUP_SIZE = 8192
 # the writer's name for the store's catalog (the file is attached to an in-memory database, the only
 # way to give ATTACH's ROW_GROUP_SIZE); queries name tables without a catalog, as analysts do
