@@ -63,7 +63,7 @@ import psutil  # noqa: E402
 import corpus  # noqa: E402
 from monitor.config import FetchConfig  # noqa: E402
 from monitor.extract import RESET_EVERY  # noqa: E402
-from monitor.ops import drain_prefect_clients, prefect_api, stop_process  # noqa: E402
+from monitor.ops import api_healthy, drain_prefect_clients, prefect_api, stop_process  # noqa: E402
 from monitor.snapshot import REINDEX_MAX_SHARE, REINDEX_MIN_INTERVAL_S, refresh_search_index  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
@@ -671,16 +671,10 @@ def prefect_server(run_dir: Path, ephemeral: bool) -> Iterator[str]:
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 180.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited ({proc.returncode}): {log.read_text()[-500:]}")
-        with suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
+    if api_healthy(url, proc, timeout_s):
+        return
+    if proc.poll() is not None:
+        raise RuntimeError(f"prefect server exited ({proc.returncode}): {log.read_text()[-500:]}")
     raise RuntimeError(f"prefect server not healthy after {timeout_s:.0f} s: {log}")
 
 

@@ -15,6 +15,8 @@ import fcntl
 import json
 import logging
 import os
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -205,31 +207,27 @@ API_STARTUP_S = 60.0
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _api_healthy(url: str, proc: Any, timeout_s: float) -> bool:
+def api_healthy(url: str, proc: Any, timeout_s: float) -> bool:
+    """Wait until the Prefect API at `url`, served by the child `proc`, answers its health check:
+    False if `proc` exits or `timeout_s` passes first."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
+        with suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return True
-        except httpx.HTTPError:
-            pass
         time.sleep(0.2)
     return False
 
 
 def stop_process(proc: Any, timeout_s: float = 10.0) -> None:
     """Terminate a child process, kill it if it has not ended within `timeout_s`, and reap it."""
-    import subprocess
-
     proc.terminate()
     try:
         proc.wait(timeout=timeout_s)
@@ -257,8 +255,6 @@ def prefect_api(startup_s: float = API_STARTUP_S) -> Iterator[str | None]:
     but from here, so that this process stays a plain API client (see _EPHEMERAL_API_ENV), and stopped
     on exit. If it does not answer within `startup_s`, None is yielded and Prefect starts its own.
     """
-    import subprocess
-
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     if PREFECT_API_URL.value():
@@ -272,7 +268,7 @@ def prefect_api(startup_s: float = API_STARTUP_S) -> Iterator[str | None]:
                             env=env)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        if not _api_healthy(url, proc, startup_s):
+        if not api_healthy(url, proc, startup_s):
             stop_process(proc)
             logging.getLogger("monitor").warning(
                 "the ephemeral Prefect API did not answer within %gs; Prefect starts its own", startup_s)
