@@ -25,7 +25,7 @@ from monitor import alerts, novelty, sources
 from monitor.config import Settings, SourceConfig, load_settings
 from monitor.dashboard import render_dashboard
 from monitor.errors import MonitorError, StoreError
-from monitor.extract import NOVELTY_PREP, ExtractInput, build_article, extract_batch, extraction_pool
+from monitor.extract import NOVELTY_PREP, ExtractInput, build_article, extract_batch, extraction_pool, pack_fetched
 from monitor.fetch import Fetcher, FetchRequest
 from monitor.models import Article, Link, RunStats, SourceDocResult, TopicMatch
 from monitor.ops import LockHolder, limit_malloc_arenas, prefect_api, run_breakdown, run_lock, run_markdown
@@ -132,7 +132,8 @@ def fetch_batch(settings: Settings, links: Sequence[Link]) -> list[Any]:
                                  if ln.source_id in by_source else False) for ln in links]
             return await fetcher.fetch_many(reqs)
 
-    return asyncio.run(run())
+    # packed at once: the batch waits compressed for its turn to be extracted (extract.pack_fetched)
+    return pack_fetched(asyncio.run(run()))
 
 
 @task(name="extract-batch", cache_policy=NONE)
@@ -141,14 +142,14 @@ def extract_and_tag(settings: Settings, topics: TopicSet, links: Sequence[Link],
     """Extract (in worker processes) and tag one batch; returns articles and topic matches.
 
     Drops each fetch result's page bytes once its article is built (the stored HTML is the article's
-    compressed copy): a batch's pages are ~30 MB, and the flow would otherwise hold them until the batch
+    compressed copy, the blob fetch_batch packed): the flow would otherwise hold them until the batch
     is stored, while the next two batches' pages are in memory too.
     """
     inputs, idx = [], []
     for i, (ln, res) in enumerate(zip(links, fetched, strict=True)):
         if res.ok:
             inputs.append(ExtractInput(ln.url, res.content, res.content_type, ln.title, ln.summary,
-                                       ln.published))
+                                       ln.published, compressed=res.compressed))
             idx.append(i)
     outs = extract_batch(inputs, min_words=settings.monitor.extract.min_words,
                          timeout_s=settings.monitor.extract.timeout_s, pool=pool, with_novelty=True)

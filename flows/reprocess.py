@@ -25,7 +25,7 @@ from prefect.cache_policies import NONE
 from flows.ingest import detect_novelty, quoted
 from monitor import pages
 from monitor.config import Settings, load_settings
-from monitor.extract import ExtractInput, build_article, decompress_html, extract_batch, extraction_pool
+from monitor.extract import ExtractInput, build_article, extract_batch, extraction_pool
 from monitor.models import Article, FetchResult, Link, TopicMatch
 from monitor.store import STORED_ARTICLE_COLS, Store, open_store
 from monitor.topics import TopicSet
@@ -47,11 +47,12 @@ def _as_article(row: dict[str, Any]) -> Article:
     return Article(**{k: row[k] for k in STORED_ARTICLE_COLS if k != "first_seen"})
 
 
-def _html(row: dict[str, Any]) -> bytes | None:
+def _page_input(row: dict[str, Any]) -> ExtractInput | None:
+    """The stored page as extraction input; a compressed page stays compressed (the worker unpacks it)."""
     if row["html"] is None:
         return None
-    blob = bytes(row["html"])
-    return decompress_html(blob) if row["codec"] == pages.CODEC else blob
+    return ExtractInput(row["url"], bytes(row["html"]), "text/html", row["feed_title"], row["feed_summary"],
+                        row["feed_published"], compressed=row["codec"] == pages.CODEC)
 
 
 # ---- stages -------------------------------------------------------------------------------------
@@ -60,12 +61,11 @@ def _html(row: dict[str, Any]) -> bytes | None:
 @task(name="re-extract", cache_policy=NONE)
 def re_extract(settings: Settings, rows: Sequence[dict[str, Any]], pool: Any) -> list[Article]:
     """Extract again from stored HTML; rows without HTML keep what was stored (language re-detected)."""
-    todo = [(i, r, html) for i, r in enumerate(rows) if (html := _html(r)) is not None]
-    inputs = [ExtractInput(r["url"], html, "text/html", r["feed_title"], r["feed_summary"], r["feed_published"])
-              for _, r, html in todo]
+    todo = [(i, item) for i, r in enumerate(rows) if (item := _page_input(r)) is not None]
+    inputs = [item for _, item in todo]
     outs = extract_batch(inputs, min_words=settings.monitor.extract.min_words,
                          timeout_s=settings.monitor.extract.timeout_s, pool=pool)
-    by_i = {i: o for (i, _, _), o in zip(todo, outs, strict=True)}
+    by_i = {i: o for (i, _), o in zip(todo, outs, strict=True)}
     articles = []
     for i, r in enumerate(rows):
         if i not in by_i:

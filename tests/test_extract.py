@@ -18,6 +18,7 @@ from monitor.extract import (
     ExtractInput,
     ExtractionPool,
     ExtractOutput,
+    build_article,
     compress_html,
     count_words,
     decompress_html,
@@ -25,10 +26,11 @@ from monitor.extract import (
     extract_batch,
     extract_one,
     extraction_pool,
+    pack_fetched,
     plausible_date,
 )
 from monitor.fetch import Fetcher, FetchRequest
-from monitor.models import FetchResult
+from monitor.models import FetchResult, Link
 
 RU_PARAS = [
     "Переговоры в Женеве продолжились в понедельник: делегации обсуждали мирный план из девятнадцати "
@@ -333,6 +335,33 @@ def test_html_compression_round_trip() -> None:
     blob = compress_html(html)
     assert len(blob) < len(html)
     assert decompress_html(blob) == html
+
+
+def test_pages_packed_after_fetch_extract_and_store_as_the_raw_bytes(pool: ExtractionPool | None) -> None:
+    """The flow packs each fetched page (pack_fetched): the workers get the blob and unpack it, the
+    store keeps that blob as it is; what is extracted and stored is what the raw bytes give."""
+    pages = {"/ru.html": _page("Переговоры в Женеве", RU_PARAS).encode("cp1251"),
+             "/en.html": _article_page(12), "/gone.html": b""}
+    base, fetched = _fetch({k: v for k, v in pages.items() if v})
+    gone = FetchResult(url=base + "/gone.html", final_url=base + "/gone.html", status_code=404, error="HTTP 404")
+    raw = [r.content for r in fetched]
+    packed = pack_fetched([*fetched, gone])
+    assert [r.compressed for r in packed] == [True, True, False]
+    assert [decompress_html(r.content or b"") for r in fetched] == raw
+    assert sum(len(r.content or b"") for r in fetched) < sum(len(b or b"") for b in raw)
+    blobs = [r.content for r in fetched]
+    assert [r.content for r in pack_fetched(fetched)] == blobs  # packed once only
+
+    def inputs(contents: list[bytes | None], compressed: bool) -> list[ExtractInput]:
+        return [ExtractInput(r.url, c or b"", r.content_type, compressed=compressed)
+                for r, c in zip(fetched, contents, strict=True)]
+    from_raw = extract_batch(inputs(raw, False), pool=None)
+    assert extract_batch(inputs(blobs, True), pool=pool) == from_raw
+    assert extract_batch(inputs(blobs, True), pool=None) == from_raw
+    assert [o.status for o in from_raw] == ["ok", "ok"]
+    link = Link(url=fetched[0].url, source_id="s", via="feed", title="t")
+    art = build_article(link, fetched[0], from_raw[0], keep_html=True)
+    assert art.html is blobs[0] and decompress_html(art.html) == raw[0]
 
 
 def test_compressed_page_holds_only_its_own_size() -> None:

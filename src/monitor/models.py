@@ -51,7 +51,11 @@ class SourceDocResult:
 
 @dataclass(slots=True)
 class FetchResult:
-    """One HTTP fetch. `content` is the raw body bytes; `error` is set when nothing usable came."""
+    """One HTTP fetch. `content` is the body's bytes; `error` is set when nothing usable came.
+
+    `compressed`: `content` is zstd-compressed (monitor.extract.pack_fetched, which the ingest flow
+    runs as soon as a batch is fetched); the fetcher itself always returns the raw bytes.
+    """
 
     url: str
     final_url: str
@@ -64,6 +68,7 @@ class FetchResult:
     retryable: bool = False
     not_modified: bool = False
     fetched_at: datetime | None = None
+    compressed: bool = False
 
     @property
     def ok(self) -> bool:
