@@ -362,6 +362,8 @@ def test_pages_packed_after_fetch_extract_and_store_as_the_raw_bytes(pool: Extra
     link = Link(url=fetched[0].url, source_id="s", via="feed", title="t")
     art = build_article(link, fetched[0], from_raw[0], keep_html=True)
     assert art.html is blobs[0] and decompress_html(art.html) == raw[0]
+    broken = extract_one(ExtractInput(fetched[0].url, b"not zstd", "text/html", compressed=True))
+    assert broken.status == "failed" and "could not be unpacked" in (broken.status_reason or "")
 
 
 def test_compressed_page_holds_only_its_own_size() -> None:

@@ -344,7 +344,10 @@ def extract_one(item: ExtractInput, min_words: int = 40, now: datetime | None = 
     """Turn one fetched page into article fields; every outcome is a status, never an exception."""
     now = now or datetime.now(UTC)
     if item.compressed:
-        item = replace(item, content=decompress_html(item.content), compressed=False)
+        try:
+            item = replace(item, content=decompress_html(item.content), compressed=False)
+        except zstandard.ZstdError as exc:
+            return _failed(item, f"page could not be unpacked: {exc}")
     ctype = (item.content_type or "").split(";")[0].strip().lower()
     if ctype not in HTML_TYPES or _looks_binary(item.content):
         return ExtractOutput(url=item.url, status="not_article",
@@ -417,8 +420,8 @@ def pack_fetched(results: list[Any]) -> list[Any]:
     """Compress each fetched page's bytes in place (`FetchResult.compressed`); returns `results`.
 
     The blob is the copy the store keeps (build_article takes it as it is) and what the extraction
-    workers receive (extract_one unpacks it). A batch's pages are ~30 MB raw and ~6 MB packed, and the
-    flow holds up to two fetched batches while a third is extracted.
+    workers receive (extract_one unpacks it). A batch's pages are ~30 MB raw and ~6 MB packed; the flow
+    holds them while the batch is extracted, and the next batch's pages, fetched ahead, meanwhile.
     """
     for res in results:
         if res.ok and not res.compressed:
