@@ -120,7 +120,7 @@ def test_a_writer_appends_in_small_row_groups_so_a_checkpoint_rewrites_little(tm
     import monitor.store as store_mod
     from monitor.models import Article
 
-    monkeypatch.setattr(store_mod, "ROW_GROUP_SIZE", 2048, raising=False)
+    monkeypatch.setattr(store_mod, "ROW_GROUP_SIZE", 2048)
     db = tmp_path / "rg.duckdb"
     t0 = datetime(2025, 1, 1, tzinfo=UTC)
     with store_mod.open_store(db) as store:

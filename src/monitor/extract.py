@@ -35,7 +35,7 @@ from typing import Any
 import zstandard
 
 from monitor import byline
-from monitor.models import ArticleStatus
+from monitor.models import ArticleStatus, FetchResult
 
 HTML_TYPES = ("text/html", "application/xhtml+xml", "text/plain", "")
 EARLIEST_DATE = datetime(1995, 1, 1, tzinfo=UTC)
@@ -416,7 +416,7 @@ def decompress_html(blob: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(blob)
 
 
-def pack_fetched(results: list[Any]) -> list[Any]:
+def pack_fetched(results: list[FetchResult]) -> list[FetchResult]:
     """Compress each fetched page's bytes in place (`FetchResult.compressed`); returns `results`.
 
     The blob is the copy the store keeps (build_article takes it as it is) and what the extraction
@@ -424,7 +424,7 @@ def pack_fetched(results: list[Any]) -> list[Any]:
     holds them while the batch is extracted, and the next batch's pages, fetched ahead, meanwhile.
     """
     for res in results:
-        if res.ok and not res.compressed:
+        if res.content and res.error is None and not res.compressed:  # an empty body stays empty
             res.content, res.compressed = compress_html(res.content), True
     return results
 
