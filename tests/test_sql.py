@@ -186,6 +186,76 @@ def test_cli_search(db: Path) -> None:
     assert {r["lang"] for r in json.loads(res.stdout)} == {"fr"}
 
 
+EXTENSION_INDEX = ("PRAGMA create_fts_index('articles', 'id', 'title', 'text', stemmer = 'none', stopwords = 'none', "
+                   "strip_accents = 1, lower = 1, overwrite = 1)")
+MORE_TEXTS = [
+    ("Переговоры в Женеве", "Делегации Украины и США встретились в Женеве: 28 пунктов, затем 19."),
+    ("Ελλάδα και Ουκρανία", "Η Ελλάδα στηρίζει τις συνομιλίες για την Ουκρανία."),
+    ("", "Only a body... with 'quotes', e-mail@example.org, $100 & (brackets) [x] {y} ~z~ 2025-11-23!"),
+    ("No body", None),
+    ("Geneva, Geneva, GENEVA", "Genève ceasefire ceasefire. Ceasefire?"),
+]
+
+
+def _index_tables(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
+    """The index's content with term ids resolved to terms (ids are arbitrary labels)."""
+    s = "fts_main_articles"
+    return {
+        "dict": con.execute(f"SELECT term, df FROM {s}.dict ORDER BY term").fetchall(),
+        "terms": con.execute(f"SELECT t.docid, t.fieldid, d.term FROM {s}.terms t JOIN {s}.dict d USING (termid) "
+                             "ORDER BY ALL").fetchall(),
+        "docs": con.execute(f"SELECT * FROM {s}.docs ORDER BY docid").fetchall(),
+        "stats": con.execute(f"SELECT * FROM {s}.stats").fetchall(),
+        "fields": con.execute(f"SELECT * FROM {s}.fields ORDER BY fieldid").fetchall(),
+        "schema": con.execute("SELECT table_name, sql FROM duckdb_tables() WHERE schema_name = ? ORDER BY 1",
+                              [s]).fetchall(),
+    }
+
+
+def _scores(con: duckdb.DuckDBPyConnection, query: str, options: str) -> list[tuple[str, float]]:
+    return [(r[0], round(r[1], 9)) for r in con.execute(
+        f"SELECT id, fts_main_articles.match_bm25(id, ?{options}) AS s FROM articles WHERE s IS NOT NULL "
+        "ORDER BY id", [query]).fetchall()]
+
+
+def test_our_search_index_is_the_fts_extensions_index(tmp_path: Path) -> None:
+    """snapshot._build_index writes the tables PRAGMA create_fts_index writes (with our options) and
+    match_bm25 gives the same scores, in every language, field choice and mode."""
+    from monitor import snapshot
+
+    db = tmp_path / "m.duckdb"
+    extra = [Article(id=f"x-{i}", url=f"https://example.org/x/{i}", source_id="wire", status="ok", title=t,
+                     text=x, lang="xx", fetched_at=datetime.now(UTC)) for i, (t, x) in enumerate(MORE_TEXTS)]
+    _fill(db, "r1", [_article(k, i) for k in TEXTS for i in range(3)] + extra)
+    queries = ["ceasefire", "Geneva ceasefire", "GESPRACHE genf", "négociations", "Женеве", "ελλαδα",
+               "e-mail example", "quotes brackets", "no such word", "the"]
+    modes = ["", ", fields := 'title'", ", conjunctive := 1", ", fields := 'text', conjunctive := 1"]
+    with open_store(db) as store:
+        snapshot.load_fts(store.con)
+        store.con.execute(EXTENSION_INDEX)
+        theirs = _index_tables(store.con)
+        their_scores = {(q, m): _scores(store.con, q, m) for q in queries for m in modes}
+        assert snapshot.refresh_search_index(store.con, force=True) is not None
+        ours = _index_tables(store.con)
+        our_scores = {(q, m): _scores(store.con, q, m) for q in queries for m in modes}
+    assert ours == theirs
+    assert len(ours["dict"]) > 50 and ("женеве", 1) in ours["dict"]
+    assert our_scores == their_scores
+    assert sum(map(len, our_scores.values())) > 40
+
+
+def test_search_needs_no_extension_and_ignores_a_trailing_full_stop(db: Path) -> None:
+    """Our match_bm25 has no stem() (a plain DuckDB client can search the snapshot), and a conjunctive
+    search ending in punctuation still finds its articles (the extension's counts the empty token)."""
+    plain = duckdb.connect(str(snapshot_path(db)), read_only=True)
+    try:
+        found = plain.execute("SELECT id FROM (SELECT id, fts_main_articles.match_bm25(id, 'ceasefire talks.', "
+                              "conjunctive := 1) AS s FROM articles) WHERE s IS NOT NULL ORDER BY id").fetchall()
+    finally:
+        plain.close()
+    assert [f[0] for f in found] == ["en1-0000", "en1-0001", "en1-0002"]
+
+
 # ---- the prompt and fresh snapshots -------------------------------------------------------------
 
 

@@ -110,7 +110,6 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
     if state and has_index and has_index[0] and not force and _rebuilt_recently(state[2], state[3]):
         return None
     started = time.monotonic()
-    load_fts(con)
     # the run's own writes may still be in the WAL (the writer checkpoints rarely, store.py): they are
     # checkpointed under the writer's limit, so that the checkpoint below holds the index alone (under
     # 64 MB the run's 5,000 articles failed to pin memory and invalidated the database)
@@ -124,6 +123,91 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
     return round(time.monotonic() - started, 3)
 
 
+# The search index: the tables and macros of DuckDB's fts extension (`PRAGMA create_fts_index` with
+# stemmer 'none', stopwords 'none', strip_accents, lower), built by our own statements. The extension's
+# script fills its tables with correlated UPDATEs over every term row; under the writer's 8,192-row row
+# groups that took 5.9 s at 5,000 bench articles, against 2.9 s for these CREATE ... AS (docs/benchmarks.md).
+# Same tables, same columns, same BM25 scores (tests/test_sql.py compares them with the extension's),
+# and no stem() in the macros, so a reader needs no extension to search.
+_TOKEN_SEPARATORS = r"""'[0-9!@#$%^&*()_+={}\[\]:;<>,.?~\\/\|''''"`-]+'"""
+_TOKENIZE = (r"string_split_regex(regexp_replace(lower(strip_accents(CAST(s AS VARCHAR))), "
+             rf"{_TOKEN_SEPARATORS}, ' ', 'g'), '\s+')")
+_FIELDS = ("title", "text")
+
+
+def _index_statements() -> list[str]:
+    """The rebuild, one statement each, for one transaction: a failure leaves the previous index whole."""
+    s = FTS_SCHEMA
+    tokenized = " UNION ALL ".join(
+        f"SELECT unnest({s}.tokenize({field})) AS term, rowid AS docid, {i}::BIGINT AS fieldid FROM {FTS_TABLE}"
+        for i, field in enumerate(_FIELDS))
+    fields = ", ".join(f"({i}, '{field}')" for i, field in enumerate(_FIELDS))
+    return [
+        f"DROP SCHEMA IF EXISTS {s} CASCADE",
+        f"CREATE SCHEMA {s}",
+        f"CREATE TABLE {s}.stopwords (sw VARCHAR)",
+        f"CREATE MACRO {s}.tokenize(s) AS {_TOKENIZE}",
+        f"CREATE TABLE {s}.fields (fieldid BIGINT, field VARCHAR)",
+        f"INSERT INTO {s}.fields VALUES {fields}",
+        # tokenized once; the tables below are aggregates and a join of it
+        f"CREATE TEMP TABLE fts_tokens AS SELECT * FROM ({tokenized}) WHERE term IS NOT NULL AND len(term) > 0",
+        f"CREATE TABLE {s}.dict AS SELECT (row_number() OVER (ORDER BY term) - 1)::BIGINT AS termid, term, df "
+        "FROM (SELECT term, count(DISTINCT docid)::BIGINT AS df FROM fts_tokens GROUP BY term)",
+        f"CREATE TABLE {s}.terms AS SELECT t.docid, t.fieldid, d.termid FROM fts_tokens t JOIN {s}.dict d USING (term)",
+        f'CREATE TABLE {s}.docs AS SELECT a.rowid AS docid, a.id AS "name", coalesce(n.len, 0)::BIGINT AS len '
+        f"FROM {FTS_TABLE} a LEFT JOIN (SELECT docid, count(*) AS len FROM fts_tokens GROUP BY docid) n "
+        "ON n.docid = a.rowid",
+        f"CREATE TABLE {s}.stats AS SELECT count(docid)::BIGINT AS num_docs, "
+        f"(sum(len) / count(len))::DOUBLE AS avgdl FROM {s}.docs",
+        "DROP TABLE fts_tokens",
+        _MATCH_BM25.replace("{s}", s),
+    ]
+
+
+# The extension's match_bm25, less stem() (stemmer 'none' returns the word) and with empty query
+# tokens dropped: the extension counts the '' that a trailing full stop leaves, so its conjunctive
+# search for "peace plan." found nothing.
+_MATCH_BM25 = """
+CREATE MACRO {s}.match_bm25(docname, query_string, fields := NULL, k := 1.2, b := 0.75, conjunctive := false) AS (
+    WITH tokens AS (
+        SELECT DISTINCT t FROM (SELECT unnest({s}.tokenize(query_string)) AS t) WHERE len(t) > 0
+    ),
+    fieldids AS (
+        SELECT fieldid FROM {s}.fields
+        WHERE CASE WHEN fields IS NULL THEN 1
+                   ELSE field IN (SELECT * FROM (SELECT unnest(string_split(fields, ','))) AS fsq) END
+    ),
+    qtermids AS (
+        SELECT termid FROM {s}.dict AS dict, tokens WHERE dict.term = tokens.t
+    ),
+    qterms AS (
+        SELECT termid, docid FROM {s}.terms AS terms
+        WHERE CASE WHEN fields IS NULL THEN 1 ELSE fieldid IN (SELECT * FROM fieldids) END
+          AND termid IN (SELECT qtermids.termid FROM qtermids)
+    ),
+    term_tf AS (
+        SELECT termid, docid, count(*) AS tf FROM qterms GROUP BY docid, termid
+    ),
+    cdocs AS (
+        SELECT docid FROM qterms GROUP BY docid
+        HAVING CASE WHEN conjunctive THEN count(DISTINCT termid) = (SELECT count(*) FROM tokens) ELSE 1 END
+    ),
+    subscores AS (
+        SELECT docs.docid, len, term_tf.termid, tf, df,
+               log(((SELECT num_docs FROM {s}.stats) - df + 0.5) / (df + 0.5) + 1)
+               * ((tf * (k + 1)) / (tf + k * (1 - b + b * (len / (SELECT avgdl FROM {s}.stats)))))
+               AS subscore
+        FROM term_tf, cdocs, {s}.docs AS docs, {s}.dict AS dict
+        WHERE term_tf.docid = cdocs.docid AND term_tf.docid = docs.docid AND term_tf.termid = dict.termid
+    ),
+    scores AS (
+        SELECT docid, sum(subscore) AS score FROM subscores GROUP BY docid
+    )
+    SELECT score FROM scores, {s}.docs AS docs WHERE scores.docid = docs.docid AND docs.name = docname
+)
+"""
+
+
 def _build_index(con: duckdb.DuckDBPyConnection, state: tuple[int, Any, float], *,
                  memory_limit: str | None = None, threads: str | None = None) -> None:
     """One whole rebuild (and its checkpoint) under the given DuckDB settings, recorded in search_index_state."""
@@ -135,20 +219,19 @@ def _build_index(con: duckdb.DuckDBPyConnection, state: tuple[int, Any, float], 
             if value is not None:
                 settings.enter_context(duckdb_setting(con, name, value))
         try:
-            # stemmer 'none': articles come in many languages and Porter stemming is English-only
-            con.execute(
-                f"PRAGMA create_fts_index('{FTS_TABLE}', 'id', 'title', 'text', stemmer = 'none', "
-                "stopwords = 'none', strip_accents = 1, lower = 1, overwrite = 1)"
-            )
+            con.execute("BEGIN TRANSACTION")
+            for statement in _index_statements():
+                con.execute(statement)
             con.execute("DELETE FROM search_index_state")
             con.execute("INSERT INTO search_index_state VALUES (?, ?, ?, ?)",
                         [count, newest, datetime.now(UTC), round(time.monotonic() - started, 3)])
+            con.execute("COMMIT")
             # the new index is still in the WAL: the next commit would checkpoint it under the writer's
             # limit (+400 MB at 20,000 articles instead of +20 MB under this one, in the same ~0.5 s)
             con.execute("CHECKPOINT")
         except duckdb.Error:
-            # a failed rebuild leaves the connection's transaction aborted: without this rollback the
-            # settings could not be set back, and every later statement of the run would fail with it
+            # without this rollback the settings could not be set back, and every later statement of
+            # the run would fail with the aborted transaction
             with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
