@@ -235,6 +235,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         INSERT INTO story_keys SELECT md5_number_lower(id), id, last_seen FROM stories ORDER BY last_seen;
         """,
     ),
+    # The content-hash index served no query (find_content_hashes' semi-join scans the column with or
+    # without it: 28 ms a batch at 1M articles either way), and DuckDB rewrites an ART index whole at
+    # every checkpoint that follows a write: at 1M articles, 1,000 more cost 1.60 s and 125 MB of new
+    # blocks at each checkpoint with it, 0.39 s without (docs/benchmarks.md, session 11).
+    (73, "drop the unused content-hash index", "DROP INDEX IF EXISTS articles_hash;"),
 ]
 
 
