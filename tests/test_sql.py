@@ -432,3 +432,22 @@ def test_a_run_checkpoints_when_its_snapshot_is_published_not_at_every_commit(db
         store.con.execute("DELETE FROM search_index_state")  # as if never built: this publish rebuilds
         assert publish_from(store.con, db).articles == 12 + 3000
         assert not _wal_pending(db)
+
+
+def test_an_upgraded_store_drops_the_unused_content_hash_index(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 73: the index is gone from an older store, and duplicate lookups by hash still work."""
+    import monitor.store as store_mod
+
+    db = tmp_path / "old.duckdb"
+    every = list(store_mod.MIGRATIONS)
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [m for m in every if m[0] < 73])
+    _fill(db, "r1", [_article("en1", 1)])
+    with open_store(db) as old:
+        old.con.execute("UPDATE articles SET content_hash = 'h1'")
+        assert old.scalar("SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'articles_hash'") == 1
+    monkeypatch.setattr(store_mod, "MIGRATIONS", every)
+    with open_store(db) as new:
+        assert new.scalar("SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'articles_hash'") == 0
+        assert new.scalar("SELECT count(*) FROM schema_migrations WHERE version = 73") == 1
+        assert new.find_content_hashes(["h1", "h2"]) == {"h1": "en1-0001"}

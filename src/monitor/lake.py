@@ -89,11 +89,11 @@ def describe(catalog: str) -> str:
 
 _PK_COLUMN = re.compile(r"\s+PRIMARY\s+KEY\b", re.IGNORECASE)
 _PK_CLAUSE = re.compile(r",\s*PRIMARY\s+KEY\s*\([^)]*\)", re.IGNORECASE)
-_INDEX = re.compile(r"CREATE\s+(UNIQUE\s+)?INDEX\b[^;]*;", re.IGNORECASE)
+_INDEX = re.compile(r"(CREATE\s+(UNIQUE\s+)?|DROP\s+)INDEX\b[^;]*;", re.IGNORECASE)
 
 
 def lake_ddl(sql: str) -> str:
-    """A migration for a lake: PRIMARY KEY and CREATE INDEX removed (DuckLake has neither)."""
+    """A migration for a lake: PRIMARY KEY, CREATE INDEX and DROP INDEX removed (DuckLake has neither)."""
     return _PK_COLUMN.sub("", _PK_CLAUSE.sub("", _INDEX.sub("", sql)))
 
 
