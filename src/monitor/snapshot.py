@@ -130,36 +130,48 @@ def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) ->
 # Same tables, same columns, same BM25 scores (tests/test_sql.py compares them with the extension's),
 # and no stem() in the macros, so a reader needs no extension to search.
 _TOKEN_SEPARATORS = r"""'[0-9!@#$%^&*()_+={}\[\]:;<>,.?~\\/\|''''"`-]+'"""
-_TOKENIZE = (r"string_split_regex(regexp_replace(lower(strip_accents(CAST(s AS VARCHAR))), "
-             rf"{_TOKEN_SEPARATORS}, ' ', 'g'), '\s+')")
 _FIELDS = ("title", "text")
+_TOKENS = "fts_tokens"
+
+
+def _tokenize(value: str) -> str:
+    return (r"string_split_regex(regexp_replace(lower(strip_accents(CAST("
+            rf"{value} AS VARCHAR))), {_TOKEN_SEPARATORS}, ' ', 'g'), '\s+')")
+
+
+def _tokens_statement() -> str:
+    """Every word of every article, one row each, in a temp table that the rebuild's statements read.
+
+    Built before the rebuild's transaction: rows a transaction has not committed stay in memory, and
+    at 20,000 articles (15 million words) the next statement then failed under INDEX_MEMORY_LIMIT.
+    """
+    tokenized = " UNION ALL ".join(
+        f"SELECT unnest({_tokenize(field)}) AS term, rowid AS docid, {i}::BIGINT AS fieldid FROM {FTS_TABLE}"
+        for i, field in enumerate(_FIELDS))
+    return f"CREATE OR REPLACE TEMP TABLE {_TOKENS} AS SELECT * FROM ({tokenized}) WHERE len(term) > 0"
 
 
 def _index_statements() -> list[str]:
-    """The rebuild, one statement each, for one transaction: a failure leaves the previous index whole."""
+    """The rebuild from the tokens, one statement each, for one transaction: a failure leaves the
+    previous index whole."""
     s = FTS_SCHEMA
-    tokenized = " UNION ALL ".join(
-        f"SELECT unnest({s}.tokenize({field})) AS term, rowid AS docid, {i}::BIGINT AS fieldid FROM {FTS_TABLE}"
-        for i, field in enumerate(_FIELDS))
     fields = ", ".join(f"({i}, '{field}')" for i, field in enumerate(_FIELDS))
     return [
         f"DROP SCHEMA IF EXISTS {s} CASCADE",
         f"CREATE SCHEMA {s}",
         f"CREATE TABLE {s}.stopwords (sw VARCHAR)",
-        f"CREATE MACRO {s}.tokenize(s) AS {_TOKENIZE}",
+        f"CREATE MACRO {s}.tokenize(s) AS {_tokenize('s')}",
         f"CREATE TABLE {s}.fields (fieldid BIGINT, field VARCHAR)",
         f"INSERT INTO {s}.fields VALUES {fields}",
-        # tokenized once; the tables below are aggregates and a join of it
-        f"CREATE TEMP TABLE fts_tokens AS SELECT * FROM ({tokenized}) WHERE term IS NOT NULL AND len(term) > 0",
+        # df from distinct (term, docid) pairs: grouping spills to disk under the limit, count(DISTINCT) does not
         f"CREATE TABLE {s}.dict AS SELECT (row_number() OVER (ORDER BY term) - 1)::BIGINT AS termid, term, df "
-        "FROM (SELECT term, count(DISTINCT docid)::BIGINT AS df FROM fts_tokens GROUP BY term)",
-        f"CREATE TABLE {s}.terms AS SELECT t.docid, t.fieldid, d.termid FROM fts_tokens t JOIN {s}.dict d USING (term)",
+        f"FROM (SELECT term, count(*)::BIGINT AS df FROM (SELECT DISTINCT term, docid FROM {_TOKENS}) GROUP BY term)",
+        f"CREATE TABLE {s}.terms AS SELECT t.docid, t.fieldid, d.termid FROM {_TOKENS} t JOIN {s}.dict d USING (term)",
         f'CREATE TABLE {s}.docs AS SELECT a.rowid AS docid, a.id AS "name", coalesce(n.len, 0)::BIGINT AS len '
-        f"FROM {FTS_TABLE} a LEFT JOIN (SELECT docid, count(*) AS len FROM fts_tokens GROUP BY docid) n "
+        f"FROM {FTS_TABLE} a LEFT JOIN (SELECT docid, count(*) AS len FROM {_TOKENS} GROUP BY docid) n "
         "ON n.docid = a.rowid",
         f"CREATE TABLE {s}.stats AS SELECT count(docid)::BIGINT AS num_docs, "
         f"(sum(len) / count(len))::DOUBLE AS avgdl FROM {s}.docs",
-        "DROP TABLE fts_tokens",
         _MATCH_BM25.replace("{s}", s),
     ]
 
@@ -219,6 +231,7 @@ def _build_index(con: duckdb.DuckDBPyConnection, state: tuple[int, Any, float], 
             if value is not None:
                 settings.enter_context(duckdb_setting(con, name, value))
         try:
+            con.execute(_tokens_statement())
             con.execute("BEGIN TRANSACTION")
             for statement in _index_statements():
                 con.execute(statement)
@@ -235,6 +248,9 @@ def _build_index(con: duckdb.DuckDBPyConnection, state: tuple[int, Any, float], 
             with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
+        finally:
+            with suppress(duckdb.Error):
+                con.execute(f"DROP TABLE IF EXISTS {_TOKENS}")
 
 
 def _wal_pending(db_path: Path) -> bool:
