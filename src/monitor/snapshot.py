@@ -70,7 +70,8 @@ REINDEX_MAX_SHARE = 0.05
 # DuckDB memory for the index rebuild: it spills past this instead of growing the writer's process.
 # Measured: under the writer's 512 MB limit the rebuild added 634 MB to the process at 20,000 bench articles
 # (608-668 MB on the synthetic 1M store); under 64 MB, 177 MB (113 MB), in 16.7 s either way at 20,000
-# and 20 -> 23 s on the 1M store, its checkpoint included (docs/benchmarks.md).
+# and 20 -> 23 s on the 1M store, its checkpoint included (docs/benchmarks.md). Those figures are the fts
+# extension's build; ours under 64 MB: +177 MB at 20,000 bench articles, +167 MB on the 1M store.
 INDEX_MEMORY_LIMIT = "64MB"
 # ...on one DuckDB thread: each thread builds tables of its own, and they are what the limit runs out
 # of. The synthetic 1M-article store plus 1,000 real bench articles: with 2 threads the rebuild failed
@@ -81,10 +82,10 @@ INDEX_THREADS = "1"
 
 
 def _rebuilt_recently(built_at: datetime | None, seconds: float | None) -> bool:
-    """Keep whole-index rebuilds to about 5% of the time: a rebuild that took 30 s waits 10 min.
+    """Keep whole-index rebuilds to about 5% of the time, and 15 min apart: one that took 60 s waits 20 min.
 
-    On a large store the rebuild (about 1–2 ms per article) would otherwise hold the run lock on
-    every run; search then lags the database by at most this interval.
+    On a large store the rebuild (about 0.5 ms per article of news text) would otherwise hold the run
+    lock on every run; search then lags the database by at most this interval.
     """
     if built_at is None:
         return False
@@ -95,7 +96,7 @@ def _rebuilt_recently(built_at: datetime | None, seconds: float | None) -> bool:
 def refresh_search_index(con: duckdb.DuckDBPyConnection, force: bool = False) -> float | None:
     """Rebuild the BM25 index over articles when articles changed since it was built.
 
-    DuckDB's fts index cannot be updated in place, so it is rebuilt whole (about 1 ms per article);
+    DuckDB's fts index cannot be updated in place, so it is rebuilt whole (about 0.5 ms per article);
     runs that stored no article (most scheduled runs) skip it, and so do runs soon after a rebuild
     (see `_rebuilt_recently`) unless `force`. Returns the seconds spent, or None.
     """

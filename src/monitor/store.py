@@ -1182,8 +1182,8 @@ def open_store(path: str | Path, *, read_only: bool = False, storage: StorageCon
 # each publish) rewrites a table's last, partly filled row group and merges small ones into it, holding
 # it in memory: below 122,880 articles that is every article. A 100,000-article store, each later cycle
 # of 1,000 articles: checkpoint 1.3 s and +460-490 MB with the default, 0.1 s and +1-24 MB with 8,192.
-# The cost: the search index's tables get small row groups too, and its rebuild is slower (20,000
-# articles 16.7 -> 28.9 s, bench/store_writes.py; docs/choices.md, docs/benchmarks.md session 9).
+# The search index's tables get small row groups too: the fts extension's rebuild was slower for it
+# (20,000 articles 18.3 -> 26.4 s); ours is not (11.0 and 10.6 s; bench/store_writes.py, snapshot.py).
 ROW_GROUP_SIZE = 8192
 # the writer's name for the store's catalog (the file is attached to an in-memory database, the only
 # way to give ATTACH's ROW_GROUP_SIZE); queries name tables without a catalog, as analysts do
