@@ -3,7 +3,7 @@
 The stored history is synthetic and written straight into a real DuckDB file with Arrow + SQL:
 signatures (random 64 x uint32 MinHash; fact keys: stories of ~5 articles share a template of 15
 keys, each article takes 12 of them plus 6 drawn from the whole vocabulary, and 3 numbers), their
-article_facts/article_bands/fact_days rows, stories and story_fact_keys, spread evenly over a year (so ~38,000
+article_facts/article_bands/fact_day_keys rows, stories and story_fact_keys, spread evenly over a year (so ~38,000
 articles fall in the 14-day window). The 1,000 new articles are texts built from the same
 vocabulary (200 stories of 5, a tenth of them near-copies of another), published in the last day.
 Each is processed the way `detect_and_store` does it, in batches of `fetch.batch_size`: candidate
@@ -46,7 +46,7 @@ from monitor import novelty  # noqa: E402
 from monitor.config import NoveltyConfig  # noqa: E402
 from monitor.extract import content_hash  # noqa: E402
 from monitor.models import Article  # noqa: E402
-from monitor.store import FACT_DAYS_FILL, STORY_FACT_KEYS, WRITER_MEMORY_LIMIT, Store, open_store  # noqa: E402
+from monitor.store import FACT_DAY_KEYS_FILL, STORY_FACT_KEYS, WRITER_MEMORY_LIMIT, Store, open_store  # noqa: E402
 
 END = datetime(2025, 12, 1, tzinfo=UTC)  # the stored history ends here; new articles come in the next day
 TOPIC = "t-bench"
@@ -148,7 +148,7 @@ def synthesize(store: Store, n: int, end: datetime, span_days: int = 365, chunk:
         FROM article_signatures GROUP BY story_id ORDER BY max(first_seen)""")
     con.execute(f"INSERT INTO story_fact_keys {STORY_FACT_KEYS.format(stories='stories')} ORDER BY last_seen")
     con.execute("INSERT INTO story_keys SELECT md5_number_lower(id), id, last_seen FROM stories ORDER BY last_seen")
-    con.execute(FACT_DAYS_FILL)
+    con.execute(FACT_DAY_KEYS_FILL)
     con.execute("CHECKPOINT")
     con.execute(f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'")
 

@@ -121,14 +121,14 @@ def test_candidates_decide_like_the_whole_window_on_a_full_window(tmp_path: Path
 
 
 def _df_by_scan(store: Store, since: datetime) -> dict[str, int]:
-    """The window document frequency straight from article_facts (what fact_days must add up to)."""
+    """The window document frequency straight from article_facts (what fact_day_keys must add up to)."""
     rows = store.con.execute("SELECT fact, count(*) FROM article_facts WHERE first_seen >= ? GROUP BY fact",
                              [since]).fetchall()
     return {f: int(n) for f, n in rows}
 
 
 def test_window_df_from_day_counts_equals_a_scan(tmp_path: Path) -> None:
-    """fact_days (whole days, sealed day by day, late articles added to sealed days) plus the partial
+    """fact_day_keys (whole days, sealed day by day, late articles added to sealed days) plus the partial
     first day from article_facts give exactly the scan's counts, for window starts anywhere in a day."""
     rng = random.Random(5)
     vocab = [f"k{i}" for i in range(40)] + ["#12", "#345"]
@@ -146,9 +146,9 @@ def test_window_df_from_day_counts_equals_a_scan(tmp_path: Path) -> None:
                 store.write_signatures(timely[lo:lo + 25])
         sealed = store.scalar("SELECT day FROM fact_days_sealed")
         # days before the sealed one hold one row per fact
-        assert store.scalar("SELECT count(*) FROM (SELECT fact, day FROM fact_days WHERE day < ? "
+        assert store.scalar("SELECT count(*) FROM (SELECT fact, day FROM fact_day_keys WHERE day < ? "
                             "GROUP BY ALL HAVING count(*) > 1)", [sealed]) == 0
-        assert sealed >= store.scalar("SELECT min(day) FROM fact_days") + 8
+        assert sealed >= store.scalar("SELECT min(day) FROM fact_day_keys") + 8
         with store.transaction():
             store.write_signatures(late)  # into sealed days
         for since in starts:
@@ -160,9 +160,9 @@ def test_window_df_from_day_counts_equals_a_scan(tmp_path: Path) -> None:
 
 
 def test_an_upgraded_store_decides_like_a_new_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Migrations 70-72 backfill story_fact_keys, fact_days and story_keys from the rows of a store
-    written under the earlier schema: the second half of the timeline is then decided as on a store
-    that had the new tables all along."""
+    """Migrations 70-72 and 74 backfill story_fact_keys, fact_days (keyed into fact_day_keys) and
+    story_keys from the rows of a store written under the earlier schema: the second half of the
+    timeline is then decided as on a store that had the new tables all along."""
     rows = load_timeline()
     half = len(rows) // 2
     new_db, old_db = tmp_path / "new.duckdb", tmp_path / "old.duckdb"
@@ -176,12 +176,12 @@ def test_an_upgraded_store_decides_like_a_new_one(tmp_path: Path, monkeypatch: p
         store.con.execute("INSERT INTO stories SELECT * FROM src.stories")
     monkeypatch.setattr(store_mod, "MIGRATIONS", every)
     with open_store(old_db) as old, open_store(new_db) as new:
-        assert {70, 71, 72} <= {r[0] for r in old.con.execute("SELECT version FROM schema_migrations").fetchall()}
-        for sql in ("SELECT fact, day, sum(n) FROM fact_days GROUP BY ALL ORDER BY ALL",
+        assert {70, 71, 72, 74} <= {r[0] for r in old.con.execute("SELECT version FROM schema_migrations").fetchall()}
+        for sql in ("SELECT fact, day, sum(n) FROM fact_day_keys GROUP BY ALL ORDER BY ALL",
                     "SELECT DISTINCT fact, story FROM story_fact_keys ORDER BY ALL",
                     "SELECT DISTINCT story, id FROM story_keys ORDER BY ALL"):
             assert old.con.execute(sql).fetchall() == new.con.execute(sql).fetchall(), sql
-        assert old.scalar("SELECT count(*) FROM fact_days") > 0
+        assert old.scalar("SELECT count(*) FROM fact_day_keys") > 0
         upgraded, _ = _run(old, via_candidates=True, rows=rows[half:])
         native, _ = _run(new, via_candidates=True, rows=rows[half:])
     assert upgraded == native
