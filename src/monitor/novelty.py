@@ -25,7 +25,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -225,6 +225,15 @@ def _bands(hv: np.ndarray) -> list[tuple[int, bytes]]:
     return [(b, hv[b * LSH_ROWS:(b + 1) * LSH_ROWS].tobytes()) for b in range(LSH_BANDS)]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(t: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, and ordered as the datetimes)."""
+    return (t - _EPOCH) // _MICROSECOND
+
+
 class Detector:
     """Holds the batch's candidates (LSH bands, fact -> stories/articles) and decides one article at a time."""
 
@@ -237,17 +246,21 @@ class Detector:
         self.minhashes: dict[str, np.ndarray] = {}
         self.by_hash: dict[str, str] = {}
         self.entry_story: dict[str, str | None] = {}
-        self.entry_time: dict[str, datetime] = {}
+        # first_seen in integer microseconds: the echo test compares it for every (fact, article) pair,
+        # and comparing aware datetimes calls the time zone's utcoffset() for both sides each time
+        self.entry_us: dict[str, int] = {}
         self.stories: dict[str, StoryRow] = {s.id: s for s in cand.stories}
         self.fact_index: dict[str, set[str]] = defaultdict(set)
-        # article level, for the echo test: (story, fact) -> articles indexed under that story, and each
-        # article's facts (an article re-indexed under another story brings all of them along)
-        self.art_index: dict[tuple[str | None, str], set[str]] = defaultdict(set)
+        # article level, for the echo test: story -> articles indexed under it, and each article's facts
+        # (an article re-indexed under another story brings all of them along)
+        self.story_arts: dict[str | None, set[str]] = defaultdict(set)
         self.art_facts: dict[str, set[str]] = defaultdict(set)
         self.df: Counter[str] = Counter(cand.df)
         self.n_docs = cand.n_docs
         self.story_sources: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
         self.changed: dict[str, StoryRow] = {}
+        # the echo test only ever looks up the batch's facts: a stored entry's other facts are not indexed
+        self.batch_facts = facts
         for e in cand.entries:
             self._index_entry(e, counted=False)
         for sid, t, src in cand.story_sources:
@@ -267,12 +280,12 @@ class Detector:
                 self.buckets[band].add(e.article_id)
         moved = self.entry_story.get(e.article_id, e.story_id) != e.story_id
         self.entry_story[e.article_id] = e.story_id
-        self.entry_time[e.article_id] = e.first_seen
+        self.entry_us[e.article_id] = _micros(e.first_seen)
         if not duplicate:
-            self.art_facts[e.article_id].update(e.facts)
+            self.art_facts[e.article_id].update(
+                e.facts if self.batch_facts is None else self.batch_facts.intersection(e.facts))
         if moved or not duplicate:
-            for f in self.art_facts.get(e.article_id, ()):
-                self.art_index[(e.story_id, f)].add(e.article_id)
+            self.story_arts[e.story_id].add(e.article_id)
         if counted and not duplicate:
             self.n_docs += 1
             self.df.update(set(e.facts))
@@ -326,7 +339,8 @@ class Detector:
                 best, best_score = sid, sc / total
         if best is None:
             return None, max((sc / total for sc in scores.values()), default=0.0), []
-        return best, best_score, sorted(k for k in facts if k in set(self.stories[best].facts))
+        held = set(self.stories[best].facts)
+        return best, best_score, sorted(k for k in facts if k in held)
 
     def _links(self, facts: dict[str, str], story: StoryRow, score: float, topics: list[str]) -> bool:
         """Enough overlap to be the same story. Sharing a tracked topic is itself evidence, so a
@@ -344,15 +358,20 @@ class Detector:
         within `echo_hours` of it; an update shares background with the story but little with any
         one recent article (a development days later may well repeat an older one's cast).
         """
-        since = at - timedelta(hours=self.cfg.echo_hours)
+        since, until = _micros(at - timedelta(hours=self.cfg.echo_hours)), _micros(at)
         weights = {k: self.idf(k) for k in facts}
         total = sum(weights.values()) or 1.0
-        scores: dict[str, float] = defaultdict(float)
-        for k, w in weights.items():
-            for aid in self.art_index.get((story_id, k), ()):
-                # an article indexed under this story once may have moved to another since
-                if self.entry_story.get(aid) == story_id and since <= self.entry_time[aid] <= at:
-                    scores[aid] += w
+        scores: dict[str, float] = {}
+        for aid in self.story_arts.get(story_id, ()):
+            # an article indexed under this story once may have moved to another since
+            if self.entry_story.get(aid) != story_id or not since <= self.entry_us[aid] <= until:
+                continue
+            held, score, hit = self.art_facts.get(aid, set()), 0.0, False
+            for k, w in weights.items():  # in the article's fact order (not sum(): 3.12 compensates)
+                if k in held:
+                    score, hit = score + w, True
+            if hit:
+                scores[aid] = score
         if not scores:
             return None, 0.0
         best = min(scores, key=lambda aid: (-scores[aid], aid))

@@ -280,6 +280,12 @@ class SourceState:
 
 
 _BAND_KEY = "md5_number_lower({m}[r.b * 44 + 1:r.b * 44 + 44])"
+# Candidate entries are read by index lookup while ids x this < the window's signatures, else by a scan
+# of the window. A lookup costs 0.06-0.11 ms an entry (DuckDB fetches a row's facts list element by
+# element), a scan ~0.5 us a window row plus 0.01 ms an entry (1M-article store, 38,000 in the window:
+# 100 ids 7 vs 22 ms, 1,000 ids 62 vs 30 ms; bench/pipeline.py's 5,000-article run, ~1,000 ids a
+# batch: 124 vs 22 ms).
+ENTRY_SCAN_RATIO = 100
 # fact_days' day of a first_seen (migration 71): whole UTC days since 1970
 _DAY = "(epoch_us(first_seen) // 86400000000)::INTEGER"
 
@@ -638,7 +644,7 @@ class Store:
             else:
                 with self._registered(qs=qf.rename_columns(["fact"])):
                     stories = self._candidate_stories(q.since)
-            entries = self._candidate_entries(q, [s.id for s in stories])
+            entries = self._candidate_entries(q, [s.id for s in stories], n_docs)
         sources = self._story_sources([s.id for s in stories], q.since, max(q.since, q.surge_since))
         return NoveltyCandidates(
             entries, stories, df, n_docs, sources,
@@ -660,7 +666,10 @@ class Store:
             """, {"day": day, "since": since, "next": _day_start(day + 1)}).fetchall()
         return {f: int(n) for f, n in rows}
 
-    def _candidate_entries(self, q: CandidateQuery, story_ids: list[str]) -> list[WindowEntry]:
+    def _candidate_entries(self, q: CandidateQuery, story_ids: list[str], n_docs: int) -> list[WindowEntry]:
+        """The window signatures the batch can reach (content hash, LSH band, or a fact within the echo
+        range in a candidate story), read by id (an index lookup) or, for many ids, by one scan of the
+        window: DuckDB fetches a looked-up row's facts element by element (ENTRY_SCAN_RATIO)."""
         ids = self.con.execute(
             f"""
             WITH qb AS (SELECT DISTINCT r.b AS band, {_BAND_KEY.format(m='minhash')} AS hash
@@ -676,10 +685,15 @@ class Store:
             """, {"since": q.since, "echo_since": max(q.since, q.echo_since), "until": q.until}).to_arrow_table()
         if not ids.num_rows:
             return []
-        rows = self.con.execute(
-            "SELECT article_id, story_id, first_seen, content_hash, minhash, facts, source_id "
-            f"FROM article_signatures WHERE article_id IN ({_sql_strings(ids.column(0).to_pylist())}) "
-            "ORDER BY first_seen, article_id").fetchall()
+        cols = ("SELECT article_id, story_id, first_seen, content_hash, minhash, facts, source_id "
+                "FROM article_signatures")
+        if ids.num_rows * ENTRY_SCAN_RATIO < n_docs:
+            rows = self.con.execute(f"{cols} WHERE article_id IN ({_sql_strings(ids.column(0).to_pylist())}) "
+                                    "ORDER BY first_seen, article_id").fetchall()
+        else:  # every id is in the window (each branch above filters on first_seen >= since)
+            with self._registered(qids=ids):
+                rows = self.con.execute(f"{cols} WHERE first_seen >= ? AND article_id IN (SELECT article_id FROM qids) "
+                                        "ORDER BY first_seen, article_id", [q.since]).fetchall()
         return [WindowEntry(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in rows]
 
     def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[StoryRow]:
