@@ -280,11 +280,12 @@ class SourceState:
 
 
 _BAND_KEY = "md5_number_lower({m}[r.b * 44 + 1:r.b * 44 + 44])"
-# Candidate entries are read by index lookup while ids x this < the window's signatures, else by a scan
-# of the window. A lookup costs 0.06-0.11 ms an entry (DuckDB fetches a row's facts list element by
-# element), a scan ~0.5 us a window row plus 0.01 ms an entry (1M-article store, 38,000 in the window:
-# 100 ids 7 vs 22 ms, 1,000 ids 62 vs 30 ms; bench/pipeline.py's 5,000-article run, ~1,000 ids a
-# batch: 124 vs 22 ms).
+# Candidate entries and stories are read by index lookup while ids x this < the window's signatures,
+# else by one scan of the window. A lookup costs 0.06-0.11 ms a row (DuckDB fetches a row's lists
+# element by element), a scan ~0.5 us a window row plus ~0.01 ms a hit. Signatures on the 1M-article
+# store (38,000 in the window): 100 ids 7 vs 22 ms, 1,000 ids 62 vs 30 ms; stories there: 100 ids
+# 9.5 vs 15 ms, 1,000 ids 82 vs 43 ms; bench/pipeline.py's 5,000-article run, ~1,000 entries a
+# batch: 124 vs 22 ms.
 ENTRY_SCAN_RATIO = 100
 # fact_days' day of a first_seen (migration 71): whole UTC days since 1970
 _DAY = "(epoch_us(first_seen) // 86400000000)::INTEGER"
@@ -640,10 +641,11 @@ class Store:
         with self._registered(qh=qh, qf=qf, qm=qm):
             df = self._window_df(q.since)
             if q.story_bounds:
-                stories = self._bounded_stories(q.story_bounds(df, n_docs), q.since)
+                story_ids = self._bounded_stories(q.story_bounds(df, n_docs), q.since)
             else:
                 with self._registered(qs=qf.rename_columns(["fact"])):
-                    stories = self._candidate_stories(q.since)
+                    story_ids = self._candidate_stories(q.since)
+            stories = self._stories_by_id(story_ids, q.since, n_docs)
             entries = self._candidate_entries(q, [s.id for s in stories], n_docs)
         sources = self._story_sources([s.id for s in stories], q.since, max(q.since, q.surge_since))
         return NoveltyCandidates(
@@ -667,9 +669,8 @@ class Store:
         return {f: int(n) for f, n in rows}
 
     def _candidate_entries(self, q: CandidateQuery, story_ids: list[str], n_docs: int) -> list[WindowEntry]:
-        """The window signatures the batch can reach (content hash, LSH band, or a fact within the echo
-        range in a candidate story), read by id (an index lookup) or, for many ids, by one scan of the
-        window: DuckDB fetches a looked-up row's facts element by element (ENTRY_SCAN_RATIO)."""
+        """The window signatures the batch can reach: content hash, LSH band, or a fact within the echo
+        range in a candidate story."""
         ids = self.con.execute(
             f"""
             WITH qb AS (SELECT DISTINCT r.b AS band, {_BAND_KEY.format(m='minhash')} AS hash
@@ -685,18 +686,13 @@ class Store:
             """, {"since": q.since, "echo_since": max(q.since, q.echo_since), "until": q.until}).to_arrow_table()
         if not ids.num_rows:
             return []
-        cols = ("SELECT article_id, story_id, first_seen, content_hash, minhash, facts, source_id "
-                "FROM article_signatures")
-        if ids.num_rows * ENTRY_SCAN_RATIO < n_docs:
-            rows = self.con.execute(f"{cols} WHERE article_id IN ({_sql_strings(ids.column(0).to_pylist())}) "
-                                    "ORDER BY first_seen, article_id").fetchall()
-        else:  # every id is in the window (each branch above filters on first_seen >= since)
-            with self._registered(qids=ids):
-                rows = self.con.execute(f"{cols} WHERE first_seen >= ? AND article_id IN (SELECT article_id FROM qids) "
-                                        "ORDER BY first_seen, article_id", [q.since]).fetchall()
+        # every id is in the window: each branch above filters on first_seen >= since
+        rows = self._window_rows_by_id(
+            "SELECT article_id, story_id, first_seen, content_hash, minhash, facts, source_id FROM article_signatures",
+            "article_id", "first_seen", q.since, ids.column(0).to_pylist(), n_docs, "ORDER BY first_seen, article_id")
         return [WindowEntry(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in rows]
 
-    def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[StoryRow]:
+    def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[str]:
         """Window stories whose facts weigh at least `need` for some article (scored in SQL).
 
         A story is reached through an article's probe facts; a reached (article, story) pair whose
@@ -729,37 +725,46 @@ class Store:
                            GROUP BY a, h)
                 SELECT DISTINCT h FROM scored JOIN qn USING (a) WHERE scored.w >= qn.need
                 """, {"since": since}).to_arrow_table()
-        return self._stories_keyed(hit, since)
+        return self._story_ids_keyed(hit, since)
 
-    def _stories_keyed(self, keys: pa.Table, since: datetime) -> list[StoryRow]:
-        """Window stories whose md5 key is in `keys` (column h), through story_keys. The rows are then
-        fetched by id: a join on the whole rows would read every window story's facts and pending."""
+    def _story_ids_keyed(self, keys: pa.Table, since: datetime) -> list[str]:
+        """Ids of the window stories whose md5 key is in `keys` (column h), through story_keys."""
         if not keys.num_rows:
             return []
         with self._registered(hit=keys):
-            ids = [r[0] for r in self.con.execute(
-                "SELECT DISTINCT id FROM story_keys WHERE seen >= ? AND story IN (SELECT h FROM hit)",
+            return [r[0] for r in self.con.execute(
+                "SELECT DISTINCT id FROM story_keys WHERE seen >= ? AND story IN (SELECT h FROM hit) ORDER BY id",
                 [since]).fetchall()]
-        return self._stories_by_id(ids)
 
-    def _stories_by_id(self, ids: list[str]) -> list[StoryRow]:
+    def _window_rows_by_id(self, select: str, key: str, seen: str, since: datetime, ids: list[str],
+                           n_docs: int, order: str) -> list[Any]:
+        """`select`'s rows whose `key` is in `ids`, all in the window (`seen` >= since): a constant IN list
+        on the primary key is an index lookup, but DuckDB fetches a looked-up row's lists element by
+        element; for many ids one scan of the window's rows costs less (ENTRY_SCAN_RATIO, against the
+        window's signatures: counting the window's stories would cost a query)."""
+        if len(ids) * ENTRY_SCAN_RATIO < n_docs:
+            return self.con.execute(f"{select} WHERE {key} IN ({_sql_strings(ids)}) {order}").fetchall()
+        with self._registered(qids=pa.table({"id": ids}, schema=pa.schema([("id", pa.string())]))):
+            return self.con.execute(f"{select} WHERE {seen} >= ? AND {key} IN (SELECT id FROM qids) {order}",
+                                    [since]).fetchall()
+
+    def _stories_by_id(self, ids: list[str], since: datetime, n_docs: int) -> list[StoryRow]:
+        """The window stories `ids` (each story's last_seen is at least the seen of its story_keys rows)."""
         if not ids:
             return []
-        # a constant IN list on the primary key is an index lookup; a parameter list or a join would
-        # be a scan reading every story's wide columns
-        rows = self.con.execute(
+        rows = self._window_rows_by_id(
             "SELECT id, title, first_seen, last_seen, first_article_id, topics, facts, surged, pending, dev_facts "
-            f"FROM stories WHERE id IN ({_sql_strings(ids)}) ORDER BY first_seen, id").fetchall()
+            "FROM stories", "id", "last_seen", since, ids, n_docs, "ORDER BY first_seen, id")
         return [StoryRow(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), list(r[6] or []), bool(r[7]),
                          json.loads(r[8]) if r[8] else {}, list(r[9] or []))
                 for r in rows]
 
-    def _candidate_stories(self, since: datetime) -> list[StoryRow]:
+    def _candidate_stories(self, since: datetime) -> list[str]:
         """Window stories holding one of the facts in the registered `qs` (by key: a collision adds a story)."""
         hit = self.con.execute(
             "SELECT DISTINCT story AS h FROM story_fact_keys WHERE seen >= $since "
             "AND fact IN (SELECT md5_number_lower(fact) FROM qs)", {"since": since}).to_arrow_table()
-        return self._stories_keyed(hit, since)
+        return self._story_ids_keyed(hit, since)
 
     def _story_sources(self, story_ids: list[str], since: datetime,
                        surge_since: datetime) -> list[tuple[str, datetime, str]]:
