@@ -218,10 +218,16 @@ def _scores(con: duckdb.DuckDBPyConnection, query: str, options: str) -> list[tu
         "ORDER BY id", [query]).fetchall()]
 
 
-def test_our_search_index_is_the_fts_extensions_index(tmp_path: Path) -> None:
+@pytest.mark.parametrize("token_chunk", [None, 4])
+def test_our_search_index_is_the_fts_extensions_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      token_chunk: int | None) -> None:
     """snapshot._build_index writes the tables PRAGMA create_fts_index writes (with our options) and
-    match_bm25 gives the same scores, in every language, field choice and mode."""
+    match_bm25 gives the same scores, in every language, field choice and mode; also when the articles
+    are tokenized a few at a time, each step on two threads."""
     from monitor import snapshot
+
+    if token_chunk:
+        monkeypatch.setattr(snapshot, "TOKEN_CHUNK", token_chunk)
 
     db = tmp_path / "m.duckdb"
     extra = [Article(id=f"x-{i}", url=f"https://example.org/x/{i}", source_id="wire", status="ok", title=t,
@@ -364,7 +370,8 @@ def test_an_index_rebuild_out_of_its_memory_is_redone_under_the_writers_limit(
 
         monkeypatch.setattr(snapshot, "_build_index", recorded)
         published = snapshot.publish_from(store.con, db)
-        assert attempts == [({"memory_limit": "1MB", "threads": "1"}, "out of memory"), ({}, "built")]
+        assert attempts == [({"memory_limit": "1MB", "threads": snapshot.INDEX_THREADS}, "out of memory"),
+                            ({}, "built")]
         assert published.articles == 12 + 1200 and published.index_seconds is not None
         assert published.index_error is None
         assert store.scalar("SELECT articles FROM search_index_state") == 1212

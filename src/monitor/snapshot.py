@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from monitor.errors import StoreError
 
@@ -72,13 +73,18 @@ REINDEX_MAX_SHARE = 0.05
 # (608-668 MB on the synthetic 1M store); under 64 MB, 177 MB (113 MB), in 16.7 s either way at 20,000
 # and 20 -> 23 s on the 1M store, its checkpoint included (docs/benchmarks.md). Those figures are the fts
 # extension's build; ours under 64 MB: +177 MB at 20,000 bench articles, +167 MB on the 1M store.
-INDEX_MEMORY_LIMIT = "64MB"
-# ...on one DuckDB thread: each thread builds tables of its own, and they are what the limit runs out
-# of. The synthetic 1M-article store plus 1,000 real bench articles: with 2 threads the rebuild failed
-# under 64 MB after 20.8 s (a 32 MiB allocation); with 1 it took 35.5 s and +38 MB (2 threads under
-# 128 MB: 25.5 s, +153 MB). A store whose vocabulary outgrows even that is rebuilt under the
-# writer's own limit instead (`refresh_search_index`).
-INDEX_THREADS = "1"
+INDEX_MEMORY_LIMIT = "128MB"
+# ...on two DuckDB threads (64 MB each: each thread builds tables of its own, and they are what the
+# limit runs out of; the fts extension's build on the 1M store failed with 2 threads under 64 MB).
+# A run publishes after its extraction workers have stopped, so the second core is idle: 4,800 bench
+# articles 2.5-2.7 s on one thread under 64 MB, 1.4-1.5 s on two under 128 MB (docs/benchmarks.md,
+# session 12). A store whose vocabulary outgrows the limit is rebuilt under the writer's own limit
+# instead (`refresh_search_index`).
+INDEX_THREADS = "2"
+# Articles per tokenizing step: each step's texts are handed to DuckDB as an Arrow table in one record
+# batch per thread, which DuckDB tokenizes in parallel (a table scan is parallel by row group only,
+# and up to 8,192 articles are one row group). Bounds the Python-side copy to one step's texts.
+TOKEN_CHUNK = 2048
 
 
 def _rebuilt_recently(built_at: datetime | None, seconds: float | None) -> bool:
@@ -141,16 +147,32 @@ def _tokenize(value: str) -> str:
             rf"{value} AS VARCHAR))), {_TOKEN_SEPARATORS}, ' ', 'g'), '\s+')")
 
 
-def _tokens_statement() -> str:
+def _fill_tokens(con: duckdb.DuckDBPyConnection) -> None:
     """Every word of every article, one row each, in a temp table that the rebuild's statements read.
 
-    Built before the rebuild's transaction: rows a transaction has not committed stay in memory, and
+    Filled before the rebuild's transaction: rows a transaction has not committed stay in memory, and
     at 20,000 articles (15 million words) the next statement then failed under INDEX_MEMORY_LIMIT.
     """
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_TOKENS} (term VARCHAR, docid BIGINT, fieldid BIGINT)")
+    row = con.execute(f"SELECT max(rowid), current_setting('threads') FROM {FTS_TABLE}").fetchone()
+    if row is None or row[0] is None:
+        return
+    top, threads = int(row[0]), max(1, int(row[1]))
     tokenized = " UNION ALL ".join(
-        f"SELECT unnest({_tokenize(field)}) AS term, rowid AS docid, {i}::BIGINT AS fieldid FROM {FTS_TABLE}"
+        f"SELECT unnest({_tokenize(field)}) AS term, docid, {i}::BIGINT AS fieldid FROM fts_chunk"
         for i, field in enumerate(_FIELDS))
-    return f"CREATE OR REPLACE TEMP TABLE {_TOKENS} AS SELECT * FROM ({tokenized}) WHERE len(term) > 0"
+    for lo in range(0, top + 1, TOKEN_CHUNK):
+        chunk = con.execute(f"SELECT rowid AS docid, {', '.join(_FIELDS)} FROM {FTS_TABLE} "
+                            "WHERE rowid >= ? AND rowid < ?", [lo, lo + TOKEN_CHUNK]).to_arrow_table()
+        if not chunk.num_rows:
+            continue
+        per = -(-chunk.num_rows // threads)
+        batches = [b for i in range(0, chunk.num_rows, per) for b in chunk.slice(i, per).to_batches()]
+        con.register("fts_chunk", pa.Table.from_batches(batches, schema=chunk.schema))
+        try:
+            con.execute(f"INSERT INTO {_TOKENS} SELECT * FROM ({tokenized}) WHERE len(term) > 0")
+        finally:
+            con.unregister("fts_chunk")
 
 
 def _index_statements() -> list[str]:
@@ -233,7 +255,7 @@ def _build_index(con: duckdb.DuckDBPyConnection, state: tuple[int, Any, float], 
             if value is not None:
                 settings.enter_context(duckdb_setting(con, name, value))
         try:
-            con.execute(_tokens_statement())
+            _fill_tokens(con)
             con.execute("BEGIN TRANSACTION")
             for statement in _index_statements():
                 con.execute(statement)
