@@ -221,8 +221,12 @@ def event_time(a: Article) -> datetime:
     return t
 
 
-def _bands(hv: np.ndarray) -> list[tuple[int, bytes]]:
-    return [(b, hv[b * LSH_ROWS:(b + 1) * LSH_ROWS].tobytes()) for b in range(LSH_BANDS)]
+_BAND_BYTES = LSH_ROWS * 4  # uint32 MinHash values
+
+
+def _bands(minhash: bytes) -> list[tuple[int, bytes]]:
+    """The LSH band keys of a MinHash's bytes (as stored: the uint32 values in native order)."""
+    return [(b, minhash[b * _BAND_BYTES:(b + 1) * _BAND_BYTES]) for b in range(LSH_BANDS)]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -274,9 +278,8 @@ class Detector:
         if e.content_hash:
             self.by_hash.setdefault(e.content_hash, e.article_id)
         if e.minhash and e.article_id not in self.minhashes:
-            hv = np.frombuffer(e.minhash, dtype=np.uint32)
-            self.minhashes[e.article_id] = hv
-            for band in _bands(hv):
+            self.minhashes[e.article_id] = np.frombuffer(e.minhash, dtype=np.uint32)
+            for band in _bands(e.minhash):
                 self.buckets[band].add(e.article_id)
         moved = self.entry_story.get(e.article_id, e.story_id) != e.story_id
         self.entry_story[e.article_id] = e.story_id
@@ -299,7 +302,7 @@ class Detector:
         if a.content_hash and a.content_hash in self.by_hash:
             return self.by_hash[a.content_hash]
         cands: set[str] = set()
-        for band in _bands(hv):  # an LSH candidate shares a whole band (datasketch's rule)
+        for band in _bands(hv.tobytes()):  # an LSH candidate shares a whole band (datasketch's rule)
             cands |= self.buckets.get(band, set())
         best, best_j = None, 0.0
         for cand in sorted(cands):

@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,15 @@ _BAND_KEY = "md5_number_lower({m}[r.b * 44 + 1:r.b * 44 + 44])"
 ENTRY_SCAN_RATIO = 100
 # fact_days' day of a first_seen (migration 71): whole UTC days since 1970
 _DAY = "(epoch_us(first_seen) // 86400000000)::INTEGER"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _utc_us(us: int) -> datetime:
+    """A timestamp read as epoch_us(...): the window reads return thousands a batch, and DuckDB's own
+    conversion of a TIMESTAMPTZ localizes each one through pytz (~4 us; 0.1 s a batch at 15,000 articles)."""
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _day(t: datetime) -> int:
@@ -688,9 +697,10 @@ class Store:
             return []
         # every id is in the window: each branch above filters on first_seen >= since
         rows = self._window_rows_by_id(
-            "SELECT article_id, story_id, first_seen, content_hash, minhash, facts, source_id FROM article_signatures",
-            "article_id", "first_seen", q.since, ids.column(0).to_pylist(), n_docs, "ORDER BY first_seen, article_id")
-        return [WindowEntry(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), r[6]) for r in rows]
+            "SELECT article_id, story_id, epoch_us(first_seen), content_hash, minhash, facts, source_id "
+            "FROM article_signatures", "article_id", "first_seen", q.since, ids.column(0).to_pylist(), n_docs,
+            "ORDER BY first_seen, article_id")
+        return [WindowEntry(r[0], r[1], _utc_us(r[2]), r[3], r[4], list(r[5] or []), r[6]) for r in rows]
 
     def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[str]:
         """Window stories whose facts weigh at least `need` for some article (scored in SQL).
@@ -774,15 +784,15 @@ class Store:
         ids = _sql_strings(story_ids)
         rows = self.con.execute(
             f"""
-            SELECT story_id, first_seen, source_id FROM article_signatures
+            SELECT story_id, epoch_us(first_seen), source_id FROM article_signatures
                 WHERE first_seen >= $surge_since AND story_id IN ({ids})
             UNION ALL
-            SELECT story_id, max(first_seen), source_id FROM article_signatures
+            SELECT story_id, epoch_us(max(first_seen)), source_id FROM article_signatures
                 WHERE first_seen >= $since AND first_seen < $surge_since AND story_id IN ({ids})
                 GROUP BY story_id, source_id
             ORDER BY 1, 2, 3
             """, {"since": since, "surge_since": surge_since}).fetchall()
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r[0], _utc_us(r[1]), r[2]) for r in rows]
 
     @contextmanager
     def _registered(self, **tables: pa.Table) -> Iterator[None]:
