@@ -250,7 +250,7 @@ class Detector:
         self.minhashes: dict[str, np.ndarray] = {}
         self.by_hash: dict[str, str] = {}
         self.entry_story: dict[str, str | None] = {}
-        # first_seen in integer microseconds: the echo test compares it for every (fact, article) pair,
+        # first_seen in integer microseconds: the echo test compares it for every article of the story,
         # and comparing aware datetimes calls the time zone's utcoffset() for both sides each time
         self.entry_us: dict[str, int] = {}
         self.stories: dict[str, StoryRow] = {s.id: s for s in cand.stories}

@@ -703,7 +703,7 @@ class Store:
         return [WindowEntry(r[0], r[1], _utc_us(r[2]), r[3], r[4], list(r[5] or []), r[6]) for r in rows]
 
     def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[str]:
-        """Window stories whose facts weigh at least `need` for some article (scored in SQL).
+        """Ids of the window stories whose facts weigh at least `need` for some article (scored in SQL).
 
         A story is reached through an article's probe facts; a reached (article, story) pair whose
         probe weight plus the article's `cut` (all its other facts) stays below `need` is dropped, and
