@@ -71,7 +71,7 @@ def _run(store: Store, via_candidates: bool,
 def test_candidates_decide_like_the_whole_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  entry_read: str) -> None:
     """Both ways of reading the candidate entries (by id, or by a scan of the window) decide alike."""
-    monkeypatch.setattr(store_mod, "ENTRY_SCAN_RATIO", 0 if entry_read == "lookup" else 10**9)
+    monkeypatch.setattr(store_mod, "WINDOW_SCAN_RATIO", 0 if entry_read == "lookup" else 10**9)
     with open_store(tmp_path / "window.duckdb") as store:
         whole, _ = _run(store, via_candidates=False)
     with open_store(tmp_path / "cand.duckdb") as store:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 ArticleStatus = Literal["ok", "duplicate", "not_article", "too_short", "failed"]
@@ -177,6 +177,21 @@ class RunStats:
 
 
 # ---- what novelty and the store exchange -------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def epoch_micros(t: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, ordered as the datetimes;
+    DuckDB's `epoch_us` of the same TIMESTAMPTZ)."""
+    return (t - _EPOCH) // _MICROSECOND
+
+
+def from_epoch_micros(us: int) -> datetime:
+    """The UTC datetime of `epoch_micros` (or of DuckDB's `epoch_us`)."""
+    return _EPOCH + timedelta(microseconds=us)
+
 
 # MinHash LSH layout of article_bands (migration 60): datasketch's optimum for Jaccard 0.8 with 64
 # permutations. A band key is the md5 of the band's 44 bytes of the stored signature.

@@ -25,7 +25,7 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from monitor.models import (
     StoryBounds,
     StoryRow,
     WindowEntry,
+    epoch_micros,
 )
 
 if TYPE_CHECKING:  # the extraction workers import this module: they need neither pydantic nor DuckDB
@@ -229,15 +230,6 @@ def _bands(minhash: bytes) -> list[tuple[int, bytes]]:
     return [(b, minhash[b * _BAND_BYTES:(b + 1) * _BAND_BYTES]) for b in range(LSH_BANDS)]
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _micros(t: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact, and ordered as the datetimes)."""
-    return (t - _EPOCH) // _MICROSECOND
-
-
 class Detector:
     """Holds the batch's candidates (LSH bands, fact -> stories/articles) and decides one article at a time."""
 
@@ -283,7 +275,7 @@ class Detector:
                 self.buckets[band].add(e.article_id)
         moved = self.entry_story.get(e.article_id, e.story_id) != e.story_id
         self.entry_story[e.article_id] = e.story_id
-        self.entry_us[e.article_id] = _micros(e.first_seen)
+        self.entry_us[e.article_id] = epoch_micros(e.first_seen)
         if not duplicate:
             self.art_facts[e.article_id].update(
                 e.facts if self.batch_facts is None else self.batch_facts.intersection(e.facts))
@@ -361,7 +353,7 @@ class Detector:
         within `echo_hours` of it; an update shares background with the story but little with any
         one recent article (a development days later may well repeat an older one's cast).
         """
-        since, until = _micros(at - timedelta(hours=self.cfg.echo_hours)), _micros(at)
+        since, until = epoch_micros(at - timedelta(hours=self.cfg.echo_hours)), epoch_micros(at)
         weights = {k: self.idf(k) for k in facts}
         total = sum(weights.values()) or 1.0
         scores: dict[str, float] = {}

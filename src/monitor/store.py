@@ -12,7 +12,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from monitor.models import (
     StoryRow,
     TopicMatch,
     WindowEntry,
+    from_epoch_micros,
 )
 
 # fact_days from article_facts (migration 71, as it was recorded; migration 74 keys the facts)
@@ -286,18 +287,9 @@ _BAND_KEY = "md5_number_lower({m}[r.b * 44 + 1:r.b * 44 + 44])"
 # store (38,000 in the window): 100 ids 7 vs 22 ms, 1,000 ids 62 vs 30 ms; stories there: 100 ids
 # 9.5 vs 15 ms, 1,000 ids 82 vs 43 ms; bench/pipeline.py's 5,000-article run, ~1,000 entries a
 # batch: 124 vs 22 ms.
-ENTRY_SCAN_RATIO = 100
+WINDOW_SCAN_RATIO = 100
 # fact_days' day of a first_seen (migration 71): whole UTC days since 1970
 _DAY = "(epoch_us(first_seen) // 86400000000)::INTEGER"
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _utc_us(us: int) -> datetime:
-    """A timestamp read as epoch_us(...): the window reads return thousands a batch, and DuckDB's own
-    conversion of a TIMESTAMPTZ localizes each one through pytz (~4 us; 0.1 s a batch at 15,000 articles)."""
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def _day(t: datetime) -> int:
@@ -695,12 +687,15 @@ class Store:
             """, {"since": q.since, "echo_since": max(q.since, q.echo_since), "until": q.until}).to_arrow_table()
         if not ids.num_rows:
             return []
-        # every id is in the window: each branch above filters on first_seen >= since
+        # every id is in the window: each branch above filters on first_seen >= since. Times come as
+        # epoch_us here and in _story_sources: DuckDB converts each TIMESTAMPTZ through pytz (~4 us,
+        # 0.1 s a batch against 15,000 stored bench articles)
         rows = self._window_rows_by_id(
             "SELECT article_id, story_id, epoch_us(first_seen), content_hash, minhash, facts, source_id "
             "FROM article_signatures", "article_id", "first_seen", q.since, ids.column(0).to_pylist(), n_docs,
             "ORDER BY first_seen, article_id")
-        return [WindowEntry(r[0], r[1], _utc_us(r[2]), r[3], r[4], list(r[5] or []), r[6]) for r in rows]
+        return [WindowEntry(r[0], r[1], from_epoch_micros(r[2]), r[3], r[4], list(r[5] or []), r[6])
+                for r in rows]
 
     def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[str]:
         """Ids of the window stories whose facts weigh at least `need` for some article (scored in SQL).
@@ -743,16 +738,16 @@ class Store:
             return []
         with self._registered(hit=keys):
             return [r[0] for r in self.con.execute(
-                "SELECT DISTINCT id FROM story_keys WHERE seen >= ? AND story IN (SELECT h FROM hit) ORDER BY id",
+                "SELECT DISTINCT id FROM story_keys WHERE seen >= ? AND story IN (SELECT h FROM hit)",
                 [since]).fetchall()]
 
     def _window_rows_by_id(self, select: str, key: str, seen: str, since: datetime, ids: list[str],
                            n_docs: int, order: str) -> list[Any]:
         """`select`'s rows whose `key` is in `ids`, all in the window (`seen` >= since): a constant IN list
         on the primary key is an index lookup, but DuckDB fetches a looked-up row's lists element by
-        element; for many ids one scan of the window's rows costs less (ENTRY_SCAN_RATIO, against the
+        element; for many ids one scan of the window's rows costs less (WINDOW_SCAN_RATIO, against the
         window's signatures: counting the window's stories would cost a query)."""
-        if len(ids) * ENTRY_SCAN_RATIO < n_docs:
+        if len(ids) * WINDOW_SCAN_RATIO < n_docs:
             return self.con.execute(f"{select} WHERE {key} IN ({_sql_strings(ids)}) {order}").fetchall()
         with self._registered(qids=pa.table({"id": ids}, schema=pa.schema([("id", pa.string())]))):
             return self.con.execute(f"{select} WHERE {seen} >= ? AND {key} IN (SELECT id FROM qids) {order}",
@@ -792,7 +787,7 @@ class Store:
                 GROUP BY story_id, source_id
             ORDER BY 1, 2, 3
             """, {"since": since, "surge_since": surge_since}).fetchall()
-        return [(r[0], _utc_us(r[1]), r[2]) for r in rows]
+        return [(r[0], from_epoch_micros(r[1]), r[2]) for r in rows]
 
     @contextmanager
     def _registered(self, **tables: pa.Table) -> Iterator[None]:
