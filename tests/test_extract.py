@@ -162,10 +162,11 @@ def test_empty_page_is_not_an_article(pool: ExtractionPool | None) -> None:
 
 
 def test_time_limit_fails_one_document_not_the_batch() -> None:
-    huge = ("<html><body>"
-            + "".join(f"<div><p>Paragraph {i} of a page that takes the parser a long time.</p>"
-                      for i in range(60_000))
-            + "</div>" * 60_000 + "</body></html>").encode()
+    # ~3 s of extraction here: 30,000 classed blocks, each tested by trafilatura's XPaths
+    huge = ("<html><body><article>"
+            + "".join(f'<div class="c{i % 7}"><p>Paragraph {i} of a page that takes the parser a long time.</p></div>'
+                      for i in range(30_000))
+            + "</article></body></html>").encode()
     ok_page = _page("Geneva talks", [EN_BODY, EN_BODY + " More."]).encode()
     items = [ExtractInput("http://example.org/slow", huge, "text/html"),
              ExtractInput("http://example.org/ok", ok_page, "text/html")]
@@ -550,6 +551,33 @@ def test_tuned_trafilatura_extracts_what_trafilatura_as_shipped_extracts(monkeyp
         extract.tune_trafilatura()
     assert sum(o != t for o, t in zip(ours, theirs, strict=True)) == 0
     assert len(ours) > 150
+
+
+def test_guarded_regex_xpaths_select_what_trafilaturas_own_select() -> None:
+    """tune_trafilatura skips a regular-expression test when its attribute is absent, only where the
+    expression cannot match the empty string; each of trafilatura's XPaths must select the same
+    elements, in the same order, as trafilatura's own on real pages."""
+    from lxml import etree
+    from trafilatura import xpaths
+
+    from monitor import extract
+
+    assert extract._guard_regex_tests("re:test(@id|@class, 'a|^b') or re:test(@class, 'x?', 'i')") == (
+        "((@id|@class) and re:test(@id|@class, 'a|^b')) or re:test(@class, 'x?', 'i')")
+    ns = {"re": xpaths.REGEXP_NS}
+    pairs = [(etree.XPath(xp.path, namespaces=ns), etree.XPath(extract._guard_regex_tests(xp.path), namespaces=ns))
+             for value in vars(xpaths).values() if isinstance(value, list)
+             for xp in value if isinstance(xp, etree.XPath) and "re:test" in xp.path]
+    assert len(pairs) == 20 and all(a.path != b.path for a, b in pairs)
+    trees = [t for t in (extract.page_tree(page) for page in _eval_pages()[::6]) if t is not None]
+    assert len(trees) > 180
+    selected = differ = 0
+    for tree in trees:
+        for theirs, ours in pairs:
+            got = theirs(tree)
+            selected += len(got)
+            differ += got != ours(tree)
+    assert differ == 0 and selected > 1000
 
 
 def test_the_shared_justext_stoplist_is_justexts_own_and_outlives_cache_resets(monkeypatch: pytest.MonkeyPatch) -> None:

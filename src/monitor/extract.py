@@ -218,6 +218,11 @@ def tune_trafilatura() -> None:
       which holds a proxy of its element; the same XPaths compiled with `smart_strings=False`
       pass plain strings. They select elements, never strings, so their results are the same.
       22.6 -> 21.5 ms a page.
+    - **No regular-expression call for an absent attribute.** `re:test(@class, '...')` calls back into
+      Python for every element the step reaches, with or without a class (an absent attribute tests
+      the empty string). Each such test is guarded by the attribute's presence
+      (`_guard_regex_tests`) wherever its expression cannot match the empty string, so the answer
+      is the same. Those 20 XPaths over 600 bench pages' trees: 26.6 -> 23.5 ms a page.
     """
     global _TUNED
     if _TUNED:
@@ -235,8 +240,25 @@ def tune_trafilatura() -> None:
             for i, xp in enumerate(value):
                 if isinstance(xp, etree.XPath) and "re:test" in xp.path:
                     _REPLACED.append((value, i, xp))
-                    value[i] = etree.XPath(xp.path, namespaces={"re": xpaths.REGEXP_NS}, smart_strings=False)
+                    value[i] = etree.XPath(_guard_regex_tests(xp.path), namespaces={"re": xpaths.REGEXP_NS},
+                                           smart_strings=False)
     _TUNED = True
+
+
+# An EXSLT regular-expression test on attributes: re:test(@a|@b, 'expression'[, 'flags'])
+_REGEX_TEST = re.compile(r"re:test\((@\w+(?:\|@\w+)*), '([^']*)'(?:, '(\w*)')?\)")
+
+
+def _guard_regex_tests(path: str) -> str:
+    """`path` with each attribute regex test that cannot match an empty string run only when one of
+    its attributes is present: `re:test(@class, 'x')` becomes `((@class) and re:test(@class, 'x'))`."""
+    def guarded(m: re.Match[str]) -> str:
+        flags = re.IGNORECASE if "i" in (m[3] or "") else 0
+        if re.search(m[2], "", flags) is not None:
+            return m[0]
+        return f"(({m[1]}) and {m[0]})"
+
+    return _REGEX_TEST.sub(guarded, path)
 
 
 def untune_trafilatura() -> None:
