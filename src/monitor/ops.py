@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -203,6 +203,14 @@ def limit_malloc_arenas() -> None:
 # no UI). Prefect itself would do this from inside the run's process, after importing the server's code
 # there (FastAPI, SQLAlchemy, its models): ~70 MB of that process for a server that runs elsewhere.
 _EPHEMERAL_API_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# Services of the ephemeral API that a one-off run has no use for, off unless the user's environment or
+# Prefect profile turns them on: automations (the triggers service evaluates every event, and a run
+# defines no automation), the event feed's persister (task and flow runs are still recorded: the task
+# run recorder stays on) and telemetry (this machine may have no internet). 480 task runs: the API
+# process's CPU 12.2-12.9 -> 10.6-10.7 s, its PSS 195-230 -> 190 MB (docs/benchmarks.md, session 13).
+_EPHEMERAL_SERVICE_DEFAULTS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+                               "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED": "false",
+                               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 API_STARTUP_S = 60.0
 
 
@@ -246,6 +254,12 @@ def drain_prefect_clients() -> None:
             service.drain_all(timeout=10)
 
 
+def ephemeral_api_env(environ: Mapping[str, str], settings_env: Mapping[str, str]) -> dict[str, str]:
+    """The ephemeral API's environment: ours for its unused services, under the user's environment and
+    the settings of this process (its Prefect profile), under what makes it the ephemeral API."""
+    return {**_EPHEMERAL_SERVICE_DEFAULTS, **environ, **settings_env, **_EPHEMERAL_API_ENV}
+
+
 @contextmanager
 def prefect_api(startup_s: float = API_STARTUP_S) -> Iterator[str | None]:
     """The Prefect API for this process's flow runs: the configured one, or an ephemeral one of its own.
@@ -261,8 +275,7 @@ def prefect_api(startup_s: float = API_STARTUP_S) -> Iterator[str | None]:
         yield None
         return
     port = _free_port()
-    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-           **_EPHEMERAL_API_ENV}
+    env = ephemeral_api_env(os.environ, get_current_settings().to_environment_variables(exclude_unset=True))
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                             env=env)
