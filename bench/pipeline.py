@@ -97,6 +97,9 @@ class RssSampler:
         self.peak_pss = 0
         self.peak_by_role: dict[str, int] = {}
         self.peak_pss_by_role: dict[str, int] = {}
+        # the roles' PSS at the sample where the tree's PSS peaked, and when (seconds since reset)
+        self.at_peak_pss: dict[str, int] = {}
+        self.peak_pss_at_s = 0.0
         self.cpu_s = 0.0  # this sampler thread's own CPU: the benchmark's cost, taken out of "ours"
         # (seconds since reset, RSS MB by role) every TIMELINE_EVERY_S: where in the run memory grows
         self.timeline: list[tuple[float, dict[str, float]]] = []
@@ -142,7 +145,7 @@ class RssSampler:
             self.timeline.append((round(since, 1), {k: mb(v) for k, v in roles.items()}))
         return total, pipeline
 
-    def _sample_pss(self) -> int:
+    def _sample_pss(self) -> tuple[int, dict[str, int]]:
         """Proportional set size of the pipeline's processes: a page shared by k processes counts 1/k.
 
         Summed RSS counts the forkserver's pages once in it and again in every worker forked from it;
@@ -163,7 +166,7 @@ class RssSampler:
             roles[role] = roles.get(role, 0) + pss
         for role, pss in roles.items():
             self.peak_pss_by_role[role] = max(self.peak_pss_by_role.get(role, 0), pss)
-        return total
+        return total, roles
 
     def _run(self) -> None:
         # PSS costs ~30-60 CPU ms for the tree's 6 processes (every page table walked), in this process:
@@ -183,7 +186,10 @@ class RssSampler:
         self.peak_tree = max(self.peak_tree, total)
         self.peak_pipeline = max(self.peak_pipeline, pipeline)
         if since_pss >= PSS_EVERY_S or (since_pss >= PSS_NEAR_PEAK_S and pipeline >= 0.98 * self.peak_pipeline):
-            self.peak_pss = max(self.peak_pss, self._sample_pss())
+            pss, roles = self._sample_pss()
+            if pss > self.peak_pss:
+                self.peak_pss, self.at_peak_pss = pss, roles
+                self.peak_pss_at_s = round(time.monotonic() - self._started, 1)
             return True
         return False
 
@@ -191,6 +197,7 @@ class RssSampler:
         self.peak_tree = self.peak_pipeline = self.peak_pss = 0
         self.peak_by_role = {}
         self.peak_pss_by_role = {}
+        self.at_peak_pss, self.peak_pss_at_s = {}, 0.0
         self.timeline, self._started = [], time.monotonic()
 
     def roles_mb(self, pss: bool = False) -> dict[str, float]:
@@ -489,6 +496,8 @@ def run_flow(ingest: Any, cfg: Path, n: int, sampler: RssSampler, label: str) ->
            "peak_rss_mb_pipeline": mb(sampler.peak_pipeline), "peak_rss_mb_tree": mb(sampler.peak_tree),
            "peak_pss_mb_pipeline": mb(sampler.peak_pss),
            "peak_rss_mb_by_role": sampler.roles_mb(), "peak_pss_mb_by_role": sampler.roles_mb(pss=True),
+           "pss_mb_at_tree_peak": {k: mb(v) for k, v in sorted(sampler.at_peak_pss.items(), key=lambda kv: -kv[1])},
+           "tree_peak_at_s": sampler.peak_pss_at_s,
            "rss_timeline_mb": _tenths(sampler.timeline)}
     print(f"  {label}: {stored} articles in {wall:.1f}s = {out['docs_per_s']} docs/s, "
           f"{out['cpu_cores_used']} cores, {out['cpu_ms_per_doc']} CPU ms/doc, orchestration {orchestration:.2f}s "
@@ -499,6 +508,8 @@ def run_flow(ingest: Any, cfg: Path, n: int, sampler: RssSampler, label: str) ->
     print(f"    stage CPU ms/doc (the thread running each body): {out['stage_cpu_ms_per_doc']}", flush=True)
     print(f"    peak RSS by process role (MB): {out['peak_rss_mb_by_role']}", flush=True)
     print(f"    peak PSS by process role (MB, counted in the pipeline total): {out['peak_pss_mb_by_role']}", flush=True)
+    print(f"    PSS by role when the tree peaked, {out['tree_peak_at_s']} s into the run (MB): "
+          f"{out['pss_mb_at_tree_peak']}", flush=True)
     print(f"    CPU ms/doc by process role: {out['cpu_ms_per_doc_by_role']}", flush=True)
     for role in (MAIN_ROLE, WORKERS_ROLE):
         print(f"    RSS of {role} at each tenth of the run (MB): "
