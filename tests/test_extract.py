@@ -270,6 +270,35 @@ def test_a_killed_worker_loses_no_page_and_the_pool_goes_on() -> None:
     assert after.status == "ok"
 
 
+def test_worn_workers_are_renewed_between_batches_and_lose_no_page() -> None:
+    """After `renew_after` pages the pool forks fresh workers, but only once the tasks already given
+    to the old ones are done: with batches pipelined from two threads, as the flow runs them, every
+    page comes back ok, in order, the same as extracted in this process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pages = [_page(f"Talks day {i}", [EN_BODY, f"Day {i} of the talks in Geneva ended."] * 10).encode()
+             for i in range(96)]
+    items = [ExtractInput(f"http://example.org/{i}", p, "text/html") for i, p in enumerate(pages)]
+    batches = [items[i:i + 16] for i in range(0, len(items), 16)]
+    with extraction_pool(2) as pool, ThreadPoolExecutor(2) as threads:
+        assert pool is not None
+        pool.renew_after = 20
+        seen: set[int] = set()
+        outs: list[ExtractOutput] = []
+        pending = [threads.submit(extract_batch, batches[0], pool=pool)]
+        for batch in batches[1:]:
+            pending.append(threads.submit(extract_batch, batch, pool=pool))  # two batches in the pool
+            outs.extend(pending.pop(0).result())
+            seen.update(pool.worker_pids())
+        outs.extend(pending.pop(0).result())
+        seen.update(pool.worker_pids())
+        renewals, restarts = pool.renewals, pool.restarts
+    assert renewals >= 2 and len(seen) >= 2 * (renewals + 1) - 1
+    assert restarts == 0  # no task was cut short (a broken pool would have been restarted)
+    assert [o.url for o in outs] == [i.url for i in items]
+    assert outs == extract_batch(items, pool=None)
+
+
 def test_dates_future_and_ancient_rejected_with_reason() -> None:
     now = datetime(2025, 11, 30, tzinfo=UTC)
     assert plausible_date(datetime(1990, 5, 1, tzinfo=UTC), now) == (

@@ -22,9 +22,10 @@ import json
 import multiprocessing
 import re
 import signal
+import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
@@ -47,6 +48,10 @@ STRUCTURED_RATIO = 2.0
 # trafilatura's LRU caches grow with the pages seen; resetting them costs a gc pass and cold caches
 # (every 50 documents cost ~10%), so a worker resets them every RESET_EVERY documents (bench/pipeline.py)
 RESET_EVERY = 500
+# a worker's private memory grows with the pages it has parsed (heap fragments, copied-on-write pages of
+# the forkserver's) and no reset of caches gives it back; the pool forks fresh workers every RENEW_AFTER
+# pages it has been given (ExtractionPool.renew_if_worn; measured in docs/benchmarks.md, session 14)
+RENEW_AFTER = 1000
 # trafilatura's fast mode skips comparing its text with readability's and justext's, a quarter of its
 # CPU. On the 1,171 evaluation pages that comparison changed 68 texts, almost all with a fast text under
 # 1,000 characters; rerunning the full cascade below that (14% of pages) kept both F1 scores within
@@ -577,17 +582,24 @@ def _worker_extract_many(items: Sequence[ExtractInput], min_words: int, timeout_
 
 
 class ExtractionPool:
-    """The extraction worker processes: a process pool that replaces itself when it breaks.
+    """The extraction worker processes: a process pool that replaces itself when it breaks or wears.
 
     A worker killed by the kernel (out of memory) or crashed in C code breaks a ProcessPoolExecutor
     for good: every later submit raises. `restart` kills what is left and starts a new pool, so a
     run goes on with its next pages (see `extract_batch`). Forkserver: safe to start from Prefect's
     threads; the forkserver imports, warms and freezes what workers need once (monitor._preload).
+    Workers also wear: their private memory grows with the pages they have parsed (heap fragments,
+    copied-on-write pages of the forkserver's), so after `renew_after` pages `renew_if_worn` lets
+    them finish their tasks and forks fresh ones.
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, renew_after: int = RENEW_AFTER):
         self.workers = workers
-        self.restarts = 0
+        self.renew_after = renew_after
+        self.restarts = self.renewals = 0
+        self._lock = threading.Lock()  # submits, restarts and renewals: never a submit to a pool shutting down
+        self._pages = 0  # pages submitted to the current workers
+        self._inflight: list[Future[Any]] = []
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -595,13 +607,36 @@ class ExtractionPool:
         ctx.set_forkserver_preload(["monitor._preload"])
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
 
-    def submit(self, fn: Any, *args: Any) -> Future[Any]:
-        """Submit a task; a pool that broke since the last one (a worker killed while idle) is restarted first."""
-        try:
-            return self._pool.submit(fn, *args)
-        except BrokenProcessPool:
-            self.restart()
-            return self._pool.submit(fn, *args)
+    def submit(self, fn: Any, *args: Any, pages: int = 1) -> Future[Any]:
+        """Submit a task of `pages` pages; a pool broken since the last one (a worker killed idle) is restarted."""
+        with self._lock:
+            try:
+                fut = self._pool.submit(fn, *args)
+            except BrokenProcessPool:
+                self._restart()
+                fut = self._pool.submit(fn, *args)
+            self._pages += pages
+            self._inflight = [f for f in self._inflight if not f.done()]
+            self._inflight.append(fut)
+            return fut
+
+    def renew_if_worn(self) -> bool:
+        """Once the workers have been given `renew_after` pages: wait for their tasks, then fork new workers.
+
+        Waits outside the lock (a hung task is another batch's to time out), then renews only if no
+        task was submitted meanwhile. Returns whether the workers were renewed.
+        """
+        if self._pages < self.renew_after:
+            return False
+        wait(list(self._inflight))
+        with self._lock:
+            if self._pages < self.renew_after or any(not f.done() for f in self._inflight):
+                return False
+            self._pool.shutdown(wait=True)
+            self._pool = self._start()
+            self._pages, self._inflight = 0, []
+            self.renewals += 1
+            return True
 
     def _processes(self) -> dict[int, Any]:
         # ProcessPoolExecutor has no public view of its workers before Python 3.14
@@ -613,11 +648,16 @@ class ExtractionPool:
 
     def restart(self) -> None:
         """Kill the workers (a stuck one never returns by itself) and start a new pool."""
+        with self._lock:
+            self._restart()
+
+    def _restart(self) -> None:
         for proc in self._processes().values():
             with suppress(Exception):
                 proc.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._start()
+        self._pages, self._inflight = 0, []
         self.restarts += 1
 
     def shutdown(self) -> None:
@@ -661,10 +701,12 @@ def extract_batch(items: Sequence[ExtractInput], *, min_words: int = 40, timeout
             except Exception as exc:
                 outs.append(_failed(item, f"extraction error: {type(exc).__name__}: {exc}"))
         return outs
+    pool.renew_if_worn()
     size = pages_per_task(len(items))
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     futures: list[Future[list[ExtractOutput]]] = [
-        pool.submit(_worker_extract_many, chunk, min_words, timeout_s, with_novelty) for chunk in chunks
+        pool.submit(_worker_extract_many, chunk, min_words, timeout_s, with_novelty, pages=len(chunk))
+        for chunk in chunks
     ]
     results: list[ExtractOutput | None] = []
     broken = False
