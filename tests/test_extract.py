@@ -299,6 +299,37 @@ def test_worn_workers_are_renewed_between_batches_and_lose_no_page() -> None:
     assert outs == extract_batch(items, pool=None)
 
 
+MAIN_SCRIPT = """
+import sys
+from pathlib import Path
+
+if __name__ == "__mp_main__":  # multiprocessing imports a parent's main module under this name
+    Path(sys.argv[1]).write_text("a worker imported the parent's main module")
+if __name__ == "__main__":
+    from monitor.extract import ExtractInput, extract_batch, extraction_pool
+
+    page = "<html><body><article>" + "<p>Negotiators met in Geneva on Monday.</p>" * 30 + "</article></body></html>"
+    with extraction_pool(2) as pool:
+        outs = extract_batch([ExtractInput(f"http://example.org/{i}", page.encode(), "text/html") for i in range(8)],
+                             pool=pool)
+    print(",".join(o.status for o in outs))
+"""
+
+
+def test_workers_do_not_import_the_parents_main_module(tmp_path: Any) -> None:
+    """multiprocessing imports the parent's `__main__` in every process it starts; the extraction
+    workers need nothing from it (the `monitor` command's would cost each 9 MB), so they skip it."""
+    import subprocess
+    import sys
+
+    script, marker = tmp_path / "main.py", tmp_path / "imported"
+    script.write_text(MAIN_SCRIPT)
+    run = subprocess.run([sys.executable, str(script), str(marker)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == ",".join(["ok"] * 8)
+    assert not marker.exists()
+
+
 def test_dates_future_and_ancient_rejected_with_reason() -> None:
     now = datetime(2025, 11, 30, tzinfo=UTC)
     assert plausible_date(datetime(1990, 5, 1, tzinfo=UTC), now) == (
