@@ -21,7 +21,7 @@ def _skip_main(_: str) -> None:
     return None
 
 
-# the only hooks multiprocessing has for this (3.11-3.14); the forkserver and its forks are ours alone
+# private hooks (CPython 3.11's multiprocessing has no public switch); the forkserver and its forks are ours alone
 multiprocessing.spawn._fixup_main_from_path = _skip_main  # type: ignore[attr-defined]
 multiprocessing.spawn._fixup_main_from_name = _skip_main  # type: ignore[attr-defined]
 
