@@ -598,14 +598,15 @@ class ExtractionPool:
         self.renew_after = renew_after
         self.restarts = self.renewals = 0
         self._lock = threading.Lock()  # submits, restarts and renewals: never a submit to a pool shutting down
-        self._pages = 0  # pages submitted to the current workers
-        self._inflight: list[Future[Any]] = []
-        self._pool = self._start()
+        self._start()
 
-    def _start(self) -> ProcessPoolExecutor:
+    def _start(self) -> None:
+        """A new pool (its workers fork on the first submits), with no pages given and no task held yet."""
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["monitor._preload"])
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        self._pages = 0  # pages submitted to the current workers
+        self._inflight: list[Future[Any]] = []
 
     def submit(self, fn: Any, *args: Any, pages: int = 1) -> Future[Any]:
         """Submit a task of `pages` pages; a pool broken since the last one (a worker killed idle) is restarted."""
@@ -620,23 +621,21 @@ class ExtractionPool:
             self._inflight.append(fut)
             return fut
 
-    def renew_if_worn(self) -> bool:
+    def renew_if_worn(self) -> None:
         """Once the workers have been given `renew_after` pages: wait for their tasks, then fork new workers.
 
         Waits outside the lock (a hung task is another batch's to time out), then renews only if no
-        task was submitted meanwhile. Returns whether the workers were renewed.
+        task was submitted meanwhile.
         """
         if self._pages < self.renew_after:
-            return False
+            return
         wait(list(self._inflight))
         with self._lock:
             if self._pages < self.renew_after or any(not f.done() for f in self._inflight):
-                return False
+                return
             self._pool.shutdown(wait=True)
-            self._pool = self._start()
-            self._pages, self._inflight = 0, []
+            self._start()
             self.renewals += 1
-            return True
 
     def _processes(self) -> dict[int, Any]:
         # ProcessPoolExecutor has no public view of its workers before Python 3.14
@@ -656,8 +655,7 @@ class ExtractionPool:
             with suppress(Exception):
                 proc.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = self._start()
-        self._pages, self._inflight = 0, []
+        self._start()
         self.restarts += 1
 
     def shutdown(self) -> None:
