@@ -124,6 +124,27 @@ def test_candidates_decide_like_the_whole_window_on_a_full_window(tmp_path: Path
     assert sum(fetched) < sum(in_window) / 2
 
 
+@pytest.mark.parametrize("entry_read", ["lookup", "scan"])
+def test_candidate_entries_carry_only_the_batchs_facts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       entry_read: str) -> None:
+    """An entry's other facts never weigh in a decision: the lookup returns each entry's facts that the
+    batch holds, in stored order, and leaves the rest in the store."""
+    monkeypatch.setattr(store_mod, "WINDOW_SCAN_RATIO", 0 if entry_read == "lookup" else 10**9)
+    bench = _bench()
+    with open_store(tmp_path / "facts.duckdb") as store:
+        bench.synthesize(store, 2_000, bench.END, span_days=13, chunk=2_000, vocab_size=2_000, dist="dense")
+        items = bench.new_items(50, bench.END, vocab_size=2_000, dist="dense")
+        q = novelty.candidate_query(novelty.prepare(items), NoveltyConfig(), bench.END)
+        cand = store.novelty_candidates(q)
+        stored = {e.article_id: e.facts for e in store.window_entries(q.since)}
+    wanted = set(q.facts)
+    assert len(cand.entries) >= 10
+    for e in cand.entries:
+        assert e.facts == [f for f in stored[e.article_id] if f in wanted], e.article_id
+    returned = sum(len(e.facts) for e in cand.entries)
+    assert 0 < returned < sum(len(stored[e.article_id]) for e in cand.entries)
+
+
 def _df_by_scan(store: Store, since: datetime) -> dict[str, int]:
     """The window document frequency straight from article_facts (what fact_day_keys must add up to)."""
     rows = store.con.execute("SELECT fact, count(*) FROM article_facts WHERE first_seen >= ? GROUP BY fact",

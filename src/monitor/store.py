@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from monitor import pages
 from monitor.config import StorageConfig
@@ -35,6 +36,8 @@ from monitor.models import (
     WindowEntry,
     from_epoch_micros,
 )
+
+R = TypeVar("R")
 
 # fact_days from article_facts (migration 71, as it was recorded; migration 74 keys the facts)
 FACT_DAYS_FILL = """
@@ -690,12 +693,14 @@ class Store:
         # every id is in the window: each branch above filters on first_seen >= since. Times come as
         # epoch_us here and in _story_sources: DuckDB converts each TIMESTAMPTZ through pytz (~4 us,
         # 0.1 s a batch against 15,000 stored bench articles)
-        rows = self._window_rows_by_id(
+        got = self._window_rows_by_id(
             "SELECT article_id, story_id, epoch_us(first_seen), content_hash, minhash, facts, source_id "
             "FROM article_signatures", "article_id", "first_seen", q.since, ids.column(0).to_pylist(), n_docs,
-            "ORDER BY first_seen, article_id")
-        return [WindowEntry(r[0], r[1], from_epoch_micros(r[2]), r[3], r[4], list(r[5] or []), r[6])
-                for r in rows]
+            "ORDER BY first_seen, article_id", lambda cur: cur.to_arrow_table())
+        cols = [got.column(i).to_pylist() for i in (0, 1, 2, 3, 4, 6)]
+        facts = _facts_among(got.column(5), q.facts)
+        return [WindowEntry(a, s, from_epoch_micros(t), h, m, f, src)
+                for a, s, t, h, m, src, f in zip(*cols, facts, strict=True)]
 
     def _bounded_stories(self, b: StoryBounds, since: datetime) -> list[str]:
         """Ids of the window stories whose facts weigh at least `need` for some article (scored in SQL).
@@ -742,16 +747,16 @@ class Store:
                 [since]).fetchall()]
 
     def _window_rows_by_id(self, select: str, key: str, seen: str, since: datetime, ids: list[str],
-                           n_docs: int, order: str) -> list[Any]:
+                           n_docs: int, order: str, fetch: Callable[[duckdb.DuckDBPyConnection], R]) -> R:
         """`select`'s rows whose `key` is in `ids`, all in the window (`seen` >= since): a constant IN list
         on the primary key is an index lookup, but DuckDB fetches a looked-up row's lists element by
         element; for many ids one scan of the window's rows costs less (WINDOW_SCAN_RATIO, against the
-        window's signatures: counting the window's stories would cost a query)."""
+        window's signatures: counting the window's stories would cost a query). `fetch` reads the result."""
         if len(ids) * WINDOW_SCAN_RATIO < n_docs:
-            return self.con.execute(f"{select} WHERE {key} IN ({_sql_strings(ids)}) {order}").fetchall()
+            return fetch(self.con.execute(f"{select} WHERE {key} IN ({_sql_strings(ids)}) {order}"))
         with self._registered(qids=pa.table({"id": ids}, schema=pa.schema([("id", pa.string())]))):
-            return self.con.execute(f"{select} WHERE {seen} >= ? AND {key} IN (SELECT id FROM qids) {order}",
-                                    [since]).fetchall()
+            return fetch(self.con.execute(
+                f"{select} WHERE {seen} >= ? AND {key} IN (SELECT id FROM qids) {order}", [since]))
 
     def _stories_by_id(self, ids: list[str], since: datetime, n_docs: int) -> list[StoryRow]:
         """The window stories `ids` (each story's last_seen is at least the seen of its story_keys rows)."""
@@ -759,7 +764,8 @@ class Store:
             return []
         rows = self._window_rows_by_id(
             "SELECT id, title, first_seen, last_seen, first_article_id, topics, facts, surged, pending, dev_facts "
-            "FROM stories", "id", "last_seen", since, ids, n_docs, "ORDER BY first_seen, id")
+            "FROM stories", "id", "last_seen", since, ids, n_docs, "ORDER BY first_seen, id",
+            lambda cur: cur.fetchall())
         return [StoryRow(r[0], r[1], r[2], r[3], r[4], list(r[5] or []), list(r[6] or []), bool(r[7]),
                          json.loads(r[8]) if r[8] else {}, list(r[9] or []))
                 for r in rows]
@@ -1127,6 +1133,26 @@ _STORY_SCHEMA = pa.schema([
     ("first_article_id", pa.string()), ("topics", pa.list_(pa.string())), ("facts", pa.list_(pa.string())),
     ("surged", pa.bool_()), ("pending", pa.string()), ("dev_facts", pa.list_(pa.string())),
 ])
+
+
+def _facts_among(facts: pa.ChunkedArray, wanted: Sequence[str]) -> list[list[str]]:
+    """Each row's facts that are in `wanted`, in stored order.
+
+    A candidate entry's other facts never weigh in a decision (novelty.Detector looks up only the
+    batch's facts), and as Python strings they were the bulk of a batch's lookup: at 20,000 bench
+    articles 15,000 entries of ~40 facts each, made and dropped every batch, which left the flow
+    process's small-object arenas fragmented (docs/benchmarks.md, session 15).
+    """
+    out: list[list[str]] = [[] for _ in range(len(facts))]
+    if not wanted or not len(facts):
+        return out
+    arr = facts.combine_chunks()
+    flat = pc.list_flatten(arr)
+    keep = pc.is_in(flat, value_set=pa.array(wanted, pa.string()))
+    rows = pc.filter(pc.list_parent_indices(arr), keep).to_pylist()
+    for row, fact in zip(rows, pc.filter(flat, keep).to_pylist(), strict=True):
+        out[row].append(fact)
+    return out
 
 
 def _sql_strings(values: Iterable[str]) -> str:
