@@ -225,9 +225,9 @@ def event_time(a: Article) -> datetime:
 _BAND_BYTES = LSH_ROWS * 4  # uint32 MinHash values
 
 
-def _bands(minhash: bytes) -> list[tuple[int, bytes]]:
-    """The LSH band keys of a MinHash's bytes (as stored: the uint32 values in native order)."""
-    return [(b, minhash[b * _BAND_BYTES:(b + 1) * _BAND_BYTES]) for b in range(LSH_BANDS)]
+def _bands(minhash: bytes) -> list[bytes]:
+    """The LSH band keys of a MinHash's bytes (as stored: the uint32 values in native order), band by band."""
+    return [minhash[b * _BAND_BYTES:(b + 1) * _BAND_BYTES] for b in range(LSH_BANDS)]
 
 
 class Detector:
@@ -238,7 +238,9 @@ class Detector:
         """`facts`: the batch's facts, if known (a story's other facts never weigh in a score)."""
         self.cfg = cfg
         self.outlets = outlets or {}
-        self.buckets: dict[tuple[int, bytes], set[str]] = defaultdict(set)
+        # one dict per band, keyed by the band's bytes (no (band, bytes) tuple per key: thousands of
+        # entries are indexed for every batch, and each small object left the flow process's heap larger)
+        self.buckets: list[defaultdict[bytes, set[str]]] = [defaultdict(set) for _ in range(LSH_BANDS)]
         self.minhashes: dict[str, np.ndarray] = {}
         self.by_hash: dict[str, str] = {}
         self.entry_story: dict[str, str | None] = {}
@@ -271,8 +273,8 @@ class Detector:
             self.by_hash.setdefault(e.content_hash, e.article_id)
         if e.minhash and e.article_id not in self.minhashes:
             self.minhashes[e.article_id] = np.frombuffer(e.minhash, dtype=np.uint32)
-            for band in _bands(e.minhash):
-                self.buckets[band].add(e.article_id)
+            for bucket, key in zip(self.buckets, _bands(e.minhash), strict=True):
+                bucket[key].add(e.article_id)
         moved = self.entry_story.get(e.article_id, e.story_id) != e.story_id
         self.entry_story[e.article_id] = e.story_id
         self.entry_us[e.article_id] = epoch_micros(e.first_seen)
@@ -294,8 +296,8 @@ class Detector:
         if a.content_hash and a.content_hash in self.by_hash:
             return self.by_hash[a.content_hash]
         cands: set[str] = set()
-        for band in _bands(hv.tobytes()):  # an LSH candidate shares a whole band (datasketch's rule)
-            cands |= self.buckets.get(band, set())
+        for bucket, key in zip(self.buckets, _bands(hv.tobytes()), strict=True):
+            cands |= bucket.get(key, set())  # an LSH candidate shares a whole band (datasketch's rule)
         best, best_j = None, 0.0
         for cand in sorted(cands):
             j = float(np.count_nonzero(hv == self.minhashes[cand])) / len(hv)

@@ -697,7 +697,8 @@ class Store:
             "SELECT article_id, story_id, epoch_us(first_seen), content_hash, minhash, facts, source_id "
             "FROM article_signatures", "article_id", "first_seen", q.since, ids.column(0).to_pylist(), n_docs,
             "ORDER BY first_seen, article_id", lambda cur: cur.to_arrow_table())
-        cols = [got.column(i).to_pylist() for i in (0, 1, 2, 3, 4, 6)]
+        cols = [got.column(0).to_pylist(), _shared_strings(got.column(1)), got.column(2).to_pylist(),
+                _shared_strings(got.column(3)), got.column(4).to_pylist(), _shared_strings(got.column(6))]
         facts = _facts_among(got.column(5), q.facts)
         return [WindowEntry(a, s, from_epoch_micros(t), h, m, f, src)
                 for a, s, t, h, m, src, f in zip(*cols, facts, strict=True)]
@@ -792,8 +793,9 @@ class Store:
                 WHERE first_seen >= $since AND first_seen < $surge_since AND story_id IN ({ids})
                 GROUP BY story_id, source_id
             ORDER BY 1, 2, 3
-            """, {"since": since, "surge_since": surge_since}).fetchall()
-        return [(r[0], from_epoch_micros(r[1]), r[2]) for r in rows]
+            """, {"since": since, "surge_since": surge_since}).to_arrow_table()
+        times = [from_epoch_micros(t) for t in rows.column(1).to_pylist()]
+        return list(zip(_shared_strings(rows.column(0)), times, _shared_strings(rows.column(2)), strict=True))
 
     @contextmanager
     def _registered(self, **tables: pa.Table) -> Iterator[None]:
@@ -1136,23 +1138,32 @@ _STORY_SCHEMA = pa.schema([
 
 
 def _facts_among(facts: pa.ChunkedArray, wanted: Sequence[str]) -> list[list[str]]:
-    """Each row's facts that are in `wanted`, in stored order.
+    """Each row's facts that are in `wanted`, in stored order, as `wanted`'s own string objects.
 
     A candidate entry's other facts never weigh in a decision (novelty.Detector looks up only the
-    batch's facts), and as Python strings they were the bulk of a batch's lookup: at 20,000 bench
-    articles 15,000 entries of ~40 facts each, made and dropped every batch, which left the flow
-    process's small-object arenas fragmented (docs/benchmarks.md, session 15).
+    batch's facts). As Python objects, facts were most of a batch's lookup: at 20,000 bench articles
+    ~16,000 entries of ~40 facts, made and dropped every batch; the flow process's small-object
+    arenas kept the high-water mark (docs/benchmarks.md, session 15).
     """
     out: list[list[str]] = [[] for _ in range(len(facts))]
     if not wanted or not len(facts):
         return out
     arr = facts.combine_chunks()
     flat = pc.list_flatten(arr)
-    keep = pc.is_in(flat, value_set=pa.array(wanted, pa.string()))
+    at = pc.index_in(flat, value_set=pa.array(wanted, pa.string()))
+    keep = pc.is_valid(at)
     rows = pc.filter(pc.list_parent_indices(arr), keep).to_pylist()
-    for row, fact in zip(rows, pc.filter(flat, keep).to_pylist(), strict=True):
-        out[row].append(fact)
+    for row, i in zip(rows, pc.filter(at, keep).to_pylist(), strict=True):
+        out[row].append(wanted[i])
     return out
+
+
+def _shared_strings(col: pa.ChunkedArray) -> list[Any]:
+    """A string column as Python objects, one object per distinct value (story and source ids repeat
+    across thousands of a batch's candidate rows)."""
+    enc = col.combine_chunks().dictionary_encode()
+    values = enc.dictionary.to_pylist()
+    return [None if i is None else values[i] for i in enc.indices.to_pylist()]
 
 
 def _sql_strings(values: Iterable[str]) -> str:
