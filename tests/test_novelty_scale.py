@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -135,14 +136,33 @@ def test_candidate_entries_carry_only_the_batchs_facts(tmp_path: Path, monkeypat
         bench.synthesize(store, 2_000, bench.END, span_days=13, chunk=2_000, vocab_size=2_000, dist="dense")
         items = bench.new_items(50, bench.END, vocab_size=2_000, dist="dense")
         q = novelty.candidate_query(novelty.prepare(items), NoveltyConfig(), bench.END)
+        window = {e.article_id: e for e in store.window_entries(q.since)}
+        # and two stored articles come back: one as a copy (its hash), one as a near copy (its MinHash)
+        copied, near = list(window.values())[:2]
+        assert copied.content_hash and near.minhash
+        q = replace(q, hashes=[*q.hashes, copied.content_hash], minhashes=[*q.minhashes, near.minhash])
         cand = store.novelty_candidates(q)
-        stored = {e.article_id: e.facts for e in store.window_entries(q.since)}
+    stored = {aid: e.facts for aid, e in window.items()}
     wanted = set(q.facts)
     assert len(cand.entries) >= 10
     for e in cand.entries:
         assert e.facts == [f for f in stored[e.article_id] if f in wanted], e.article_id
     returned = sum(len(e.facts) for e in cand.entries)
     assert 0 < returned < sum(len(stored[e.article_id]) for e in cand.entries)
+    # an entry comes without its hash and MinHash only if it shares neither with the batch
+    batch_bands = [set(band) for band in zip(*(novelty._bands(m) for m in q.minhashes), strict=True)]
+    far = [e for e in cand.entries if e.minhash is None]
+    for e in cand.entries:
+        full = window[e.article_id]
+        if e.minhash is None:
+            assert e.content_hash is None and full.content_hash not in q.hashes
+            assert full.minhash is not None
+            assert not any(band in seen for band, seen in zip(novelty._bands(full.minhash), batch_bands,
+                                                               strict=True))
+        else:
+            assert (e.minhash, e.content_hash) == (full.minhash, full.content_hash)
+    assert 0 < len(far) < len(cand.entries)
+    assert {copied.article_id, near.article_id} <= {e.article_id for e in cand.entries if e.minhash}
 
 
 def _df_by_scan(store: Store, since: datetime) -> dict[str, int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -674,19 +675,28 @@ class Store:
 
     def _candidate_entries(self, q: CandidateQuery, story_ids: list[str], n_docs: int) -> list[WindowEntry]:
         """The window signatures the batch can reach: content hash, LSH band, or a fact within the echo
-        range in a candidate story."""
+        range in a candidate story.
+
+        An entry reached only through a fact comes without its content hash and MinHash: it shares
+        neither with any of the batch's articles (the first two branches would have found it; the
+        band keys in SQL only ever match more), so the detector could never match it as a copy. In a
+        big story those are most of the entries (13,000 of 16,000 a batch at 20,000 bench articles).
+        """
         ids = self.con.execute(
             f"""
             WITH qb AS (SELECT DISTINCT r.b AS band, {_BAND_KEY.format(m='minhash')} AS hash
                         FROM qm CROSS JOIN range({LSH_BANDS}) r(b))
-            SELECT article_id FROM article_signatures
-                WHERE first_seen >= $since AND content_hash IN (SELECT h FROM qh)
-            UNION
-            SELECT article_id FROM article_bands SEMI JOIN qb USING (band, hash) WHERE first_seen >= $since
-            UNION
-            SELECT article_id FROM article_facts
-                WHERE first_seen >= $echo_since AND first_seen <= $until AND fact IN (SELECT fact FROM qf)
-                AND story_id IN ({_sql_strings(story_ids) or 'NULL'})
+            SELECT article_id, bool_or(near) AS near FROM (
+                SELECT article_id, true AS near FROM article_signatures
+                    WHERE first_seen >= $since AND content_hash IN (SELECT h FROM qh)
+                UNION ALL
+                SELECT article_id, true FROM article_bands SEMI JOIN qb USING (band, hash)
+                    WHERE first_seen >= $since
+                UNION ALL
+                SELECT article_id, false FROM article_facts
+                    WHERE first_seen >= $echo_since AND first_seen <= $until AND fact IN (SELECT fact FROM qf)
+                    AND story_id IN ({_sql_strings(story_ids) or 'NULL'}))
+            GROUP BY article_id
             """, {"since": q.since, "echo_since": max(q.since, q.echo_since), "until": q.until}).to_arrow_table()
         if not ids.num_rows:
             return []
@@ -697,8 +707,10 @@ class Store:
             "SELECT article_id, story_id, epoch_us(first_seen), content_hash, minhash, facts, source_id "
             "FROM article_signatures", "article_id", "first_seen", q.since, ids.column(0).to_pylist(), n_docs,
             "ORDER BY first_seen, article_id", lambda cur: cur.to_arrow_table())
+        near = pc.is_in(got.column(0), value_set=pc.filter(ids.column(0), ids.column(1)))
         cols = [got.column(0).to_pylist(), _shared_strings(got.column(1)), got.column(2).to_pylist(),
-                _shared_strings(got.column(3)), got.column(4).to_pylist(), _shared_strings(got.column(6))]
+                _shared_strings(pc.if_else(near, got.column(3), None)),
+                pc.if_else(near, got.column(4), None).to_pylist(), _shared_strings(got.column(6))]
         facts = _facts_among(got.column(5), q.facts)
         return [WindowEntry(a, s, from_epoch_micros(t), h, m, f, src)
                 for a, s, t, h, m, src, f in zip(*cols, facts, strict=True)]
@@ -1145,17 +1157,18 @@ def _facts_among(facts: pa.ChunkedArray, wanted: Sequence[str]) -> list[list[str
     ~16,000 entries of ~40 facts, made and dropped every batch; the flow process's small-object
     arenas kept the high-water mark (docs/benchmarks.md, session 15).
     """
-    out: list[list[str]] = [[] for _ in range(len(facts))]
     if not wanted or not len(facts):
-        return out
+        return [[] for _ in range(len(facts))]
     arr = facts.combine_chunks()
     flat = pc.list_flatten(arr)
     at = pc.index_in(flat, value_set=pa.array(wanted, pa.string()))
     keep = pc.is_valid(at)
-    rows = pc.filter(pc.list_parent_indices(arr), keep).to_pylist()
-    for row, i in zip(rows, pc.filter(at, keep).to_pylist(), strict=True):
-        out[row].append(wanted[i])
-    return out
+    # row by row through numpy, not as Python ints: a list of ~500,000 of them was most of this
+    # function's own peak
+    rows = np.bincount(pc.filter(pc.list_parent_indices(arr), keep).to_numpy(), minlength=len(arr))
+    ends = np.cumsum(rows).tolist()
+    kept = np.asarray(wanted, dtype=object)[pc.filter(at, keep).to_numpy()].tolist()
+    return [kept[end - n:end] for end, n in zip(ends, rows.tolist(), strict=True)]
 
 
 def _shared_strings(col: pa.ChunkedArray) -> list[Any]:
