@@ -403,7 +403,9 @@ def _cycle(settings: Settings, progress: Progress | None,
                                               quoted(topic_names))
                     _count_batch(stats, arts, done_ok, counts)
                     done += len(done_batch)
-                    if done // RECYCLE_EVERY > (done - len(done_batch)) // RECYCLE_EVERY:
+                    # not after the last batch: the store is closed soon anyway (a run of up to
+                    # RECYCLE_EVERY new articles never reopens it)
+                    if done < len(new_links) and done // RECYCLE_EVERY > (done - len(done_batch)) // RECYCLE_EVERY:
                         store.recycle()
                     progress("articles", done, len(new_links))
                     _release(arts)

@@ -172,12 +172,14 @@ def test_a_run_that_recycles_its_store_and_compacts_its_pages_loses_nothing(
 
     monkeypatch.setattr(flows.ingest, "RECYCLE_EVERY", 1)
     monkeypatch.setattr(Store, "recycle", counting)
+    toml = demo_config / "monitor.toml"  # batches of 12: reopened after the first
+    toml.write_text(toml.read_text().replace("[fetch]\n", "[fetch]\nbatch_size = 12\n", 1))
     monkeypatch.setattr(pages, "COMPACT_AT", 1)
     stats = ingest(str(demo_config))
-    assert recycled
+    assert len(recycled) == 1  # after the first of two batches, not after the last
     assert stats["statuses"] == {"ok": 23, "duplicate": 1} and stats["developments"] == 6  # 3 of them peace talks
     assert stats["alerts_sent"] == 3 and len(webhook.received) == 3 and stats["snapshot"]
-    assert stats["pages_compacted"] == 1
+    assert stats["pages_compacted"] == 2  # the two batches' files, merged into one
     db = demo_config.parent.parent / "demo.duckdb"
     assert [p.name.endswith("-c.parquet") for p in pages.archive_dir(db).glob("*.parquet")] == [True]
     with open_store(db) as store:

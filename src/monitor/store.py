@@ -1249,8 +1249,10 @@ WRITER_SETUP = (f"SET memory_limit = '{WRITER_MEMORY_LIMIT}'",
                 "SET allocator_background_threads = true")
 # articles between two Store.recycle calls in a run. 20,000 bench articles through the flow: the flow
 # process's peak PSS 969 -> 776 MB, the whole tree's 1,564 -> 1,357 MB, at the same speed (50.5 vs 50.7
-# docs/s; detect/store 6.7 vs 6.6 ms an article). A cycle of the 1M-store benchmark (1,000) never recycles.
-RECYCLE_EVERY = 2000
+# docs/s; detect/store 6.7 vs 6.6 ms an article). 1,000 rather than 2,000 since session 15: the flow
+# process's peak 616 -> 514 MB at 20,000 articles. The flow never recycles after its last batch, so a
+# cycle of the 1M-store benchmark (1,000 articles) never does.
+RECYCLE_EVERY = 1000
 
 
 @contextmanager
