@@ -259,7 +259,11 @@ class StoryBounds:
 
 @dataclass(slots=True)
 class NoveltyCandidates:
-    """The part of the window one batch needs (see Store.novelty_candidates)."""
+    """The part of the window one batch needs (see Store.novelty_candidates).
+
+    The store's entries carry only their facts that the batch holds (the only ones a decision looks
+    up); an entry that shares neither content hash nor MinHash band with the batch comes without them.
+    """
 
     entries: list[WindowEntry] = field(default_factory=list)
     stories: list[StoryRow] = field(default_factory=list)

@@ -620,7 +620,8 @@ class Store:
         """Only what a batch needs from the window, each part found through an index.
 
         entries: window signatures sharing the batch's content hash or a MinHash band (article_bands),
-        or a fact key within the echo range in a candidate story (article_facts); stories: window
+        or a fact key within the echo range in a candidate story (article_facts), each with only the
+        batch's facts (and, if reached through a fact alone, without hash and MinHash); stories: window
         stories that can score `q.story_bounds` for an article (story_fact_keys); df: the window's whole days
         in fact_day_keys plus its first day in article_facts; n_docs: signatures in the window; story_sources:
         the candidate stories' articles (before surge_since one row per source).
